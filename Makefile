@@ -1,0 +1,28 @@
+# Hugging Face-style targets. Each one installs what it needs into the active Python environment.
+PYTHON ?= python
+# CPU build of torch on machines without one; a torch you already have (e.g. a CUDA build) is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install install-dev test quality style demo
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -e .
+
+install-dev:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test: install-dev
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 --dist loadfile tests
+
+quality: install-dev
+	$(PYTHON) -m ruff check dino_hf examples tests benchmarks
+	$(PYTHON) -m ruff format --check dino_hf examples tests benchmarks
+
+style:
+	$(PYTHON) -m ruff check --fix dino_hf examples tests benchmarks
+	$(PYTHON) -m ruff format dino_hf examples tests benchmarks
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PYTHON) examples/pretrain.py

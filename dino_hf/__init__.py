@@ -1,0 +1,40 @@
+"""dino_hf: DINO (self-distillation with no labels, Caron et al. 2021) the Hugging Face way."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from .configuration_dino import DinoConfig
+from .modeling_dino import (
+    DinoCenter,
+    DinoForSelfDistillation,
+    DinoHead,
+    DinoLoss,
+    DinoLossOutput,
+    DinoModelOutput,
+    DinoPreTrainedModel,
+    DinoSelfDistillationOutput,
+    DinoViTModel,
+)
+
+
+__version__ = "0.1.0"
+
+AutoConfig.register("dino", DinoConfig, exist_ok=True)
+AutoModel.register(DinoConfig, DinoViTModel, exist_ok=True)
+AutoModelForPreTraining.register(DinoConfig, DinoForSelfDistillation, exist_ok=True)
+# Saved folders name these files in `auto_map`, so they load with trust_remote_code=True without dino_hf.
+DinoConfig.register_for_auto_class()
+DinoViTModel.register_for_auto_class("AutoModel")
+DinoForSelfDistillation.register_for_auto_class("AutoModelForPreTraining")
+
+__all__ = [
+    "DinoCenter",
+    "DinoConfig",
+    "DinoForSelfDistillation",
+    "DinoHead",
+    "DinoLoss",
+    "DinoLossOutput",
+    "DinoModelOutput",
+    "DinoPreTrainedModel",
+    "DinoSelfDistillationOutput",
+    "DinoViTModel",
+]

@@ -1,0 +1,163 @@
+# Copyright 2026 The dino_hf authors. Licensed under the Apache License, Version 2.0.
+"""DINO configuration.
+
+This file depends on transformers only, so that a saved model folder can be loaded with
+`trust_remote_code=True` by someone who never installed `dino_hf`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+# The paper's backbones (Caron et al. 2021, Table 1 / the reference `vision_transformer.py`).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "vit_tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3},
+    "vit_small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    "vit_base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+}
+
+
+@strict
+class DinoConfig(PreTrainedConfig):
+    r"""
+    Configuration of a DINO model: the ViT backbone ([`DinoViTModel`]), the projection head ([`DinoHead`]) and the
+    self-distillation loss ([`DinoForSelfDistillation`]). The defaults are the paper's ViT-S/16 set-up.
+
+    Backbone:
+        image_size (`int`, defaults to 224): resolution of the position embeddings. Other resolutions divisible by
+            `patch_size` work through bicubic interpolation of the position embeddings.
+        patch_size (`int`, defaults to 16): side of the square patches.
+        num_channels (`int`, defaults to 3): input channels.
+        hidden_size (`int`, defaults to 384): token width.
+        num_hidden_layers (`int`, defaults to 12): transformer blocks.
+        num_attention_heads (`int`, defaults to 6): heads per block; must divide `hidden_size`.
+        mlp_ratio (`float`, defaults to 4.0): MLP hidden width over `hidden_size`.
+        qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projection.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon (DINO used 1e-6; the Hub's `ViTModel`
+            copies of DINO say 1e-12).
+        drop_path_rate (`float`, defaults to 0.1): stochastic depth rate of the last block, linearly increasing
+            from 0 over the blocks. It applies to the student only; the teacher never drops paths.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
+
+    Projection head:
+        out_dim (`int`, defaults to 65536): number of prototypes K.
+        head_hidden_dim (`int`, defaults to 2048): hidden width of the head MLP.
+        head_bottleneck_dim (`int`, defaults to 256): width of the L2-normalised bottleneck.
+        head_num_layers (`int`, defaults to 3): MLP layers before the bottleneck output.
+        use_bn_in_head (`bool`, defaults to `False`): BatchNorm after each hidden MLP layer.
+        norm_last_layer (`bool`, defaults to `True`): fix the weight-norm scale of the last layer to 1.
+
+    Loss:
+        student_temp (`float`, defaults to 0.1): student softmax temperature.
+        teacher_temp (`float`, defaults to 0.04): teacher softmax temperature after warm-up.
+        center_momentum (`float`, defaults to 0.9): momentum of the teacher-output center.
+
+    Example:
+
+    ```python
+    >>> from dino_hf import DinoConfig
+    >>> config = DinoConfig.from_preset("vit_small", patch_size=8)
+    >>> config.hidden_size, config.patch_size
+    (384, 8)
+    ```
+    """
+
+    model_type = "dino"
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 384
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 6
+    mlp_ratio: float | int = 4.0
+    qkv_bias: bool = True
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    drop_path_rate: float | int = 0.1
+    initializer_range: float = 0.02
+
+    out_dim: int = 65536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_num_layers: int = 3
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+
+    def __post_init__(self, **kwargs):
+        self.check_values()
+        super().__post_init__(**kwargs)
+
+    def check_values(self) -> None:
+        """Raise a `ValueError` naming the first invalid field, so mistakes fail here and not as a shape error."""
+        positive_ints = (
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "out_dim",
+            "head_hidden_dim",
+            "head_bottleneck_dim",
+            "head_num_layers",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"DinoConfig.{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"DinoConfig.num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
+                f"({self.hidden_size})."
+            )
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"DinoConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})."
+            )
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"DinoConfig.mlp_ratio must be positive, got {self.mlp_ratio!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"DinoConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"DinoConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}.")
+        if not self.initializer_range > 0:
+            raise ValueError(f"DinoConfig.initializer_range must be positive, got {self.initializer_range!r}.")
+        for name in ("student_temp", "teacher_temp"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DinoConfig.{name} must be a positive temperature, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.center_momentum <= 1.0:
+            raise ValueError(f"DinoConfig.center_momentum must be in [0, 1], got {self.center_momentum!r}.")
+
+    def validate_dino_values(self):
+        """Part of the strict-dataclass validation that `save_pretrained` runs again."""
+        self.check_values()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_preset(cls, name: str, patch_size: int = 16, **overrides: Any) -> DinoConfig:
+        """Build the configuration of one of the paper's backbones.
+
+        Args:
+            name: `"vit_tiny"`, `"vit_small"` or `"vit_base"`.
+            patch_size: 16 or 8 in the paper (any divisor of `image_size` works).
+            **overrides: any other field, e.g. `out_dim=4096` or `drop_path_rate=0.0`.
+        """
+        if name not in _PRESETS:
+            raise ValueError(f"Unknown DINO preset {name!r}; choose one of {sorted(_PRESETS)}.")
+        return cls(**{**_PRESETS[name], "patch_size": patch_size, **overrides})
+
+
+__all__ = ["DinoConfig"]

@@ -1,0 +1,820 @@
+# Copyright 2026 The dino_hf authors. Licensed under the Apache License, Version 2.0.
+"""DINO: self-distillation with no labels (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
+Transformers").
+
+- [`DinoViTModel`]: the pre-norm ViT backbone; its `pooler_output` is the final-LayerNorm [CLS] token, the DINO
+  feature.
+- [`DinoHead`]: the projection head (MLP -> L2-normalised bottleneck -> weight-normalised prototypes).
+- [`DinoLoss`] and [`DinoCenter`]: the multi-crop cross-entropy with a centred, sharpened teacher.
+- [`DinoForSelfDistillation`]: student and EMA teacher (backbone + head each), the center, and the loss.
+
+This file depends on torch and transformers only, so that a saved model folder can be loaded with
+`trust_remote_code=True` by someone who never installed `dino_hf`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_dino import DinoConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DinoPatchEmbeddings(nn.Module):
+    """`(B, C, H, W)` images -> `(B, H/p * W/p, D)` patch tokens, by a stride-`p` convolution."""
+
+    def __init__(self, config: DinoConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.num_patches = (config.image_size // config.patch_size) ** 2
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"Expected pixel_values of shape (batch, {self.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}."
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Input size {height}x{width} is not divisible by the patch size {self.patch_size}; "
+                "resize or crop the images to a multiple of the patch size."
+            )
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class DinoEmbeddings(nn.Module):
+    """[CLS] token + patch tokens + learnable position embeddings, interpolated to the input resolution."""
+
+    def __init__(self, config: DinoConfig) -> None:
+        super().__init__()
+        self.patch_embeddings = DinoPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size)
+        )
+        self.patch_size = config.patch_size
+
+    def interpolate_pos_encoding(self, num_patches: int, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for an `height x width` input, `(1, 1 + num_patches, D)`.
+
+        Bicubic interpolation of the patch grid exactly as the reference implementation does it (scale factors with a
+        +0.1 offset, see facebookresearch/dino#8), so features match the released models at every resolution.
+        """
+        num_positions = self.position_embeddings.shape[1] - 1
+        if num_patches == num_positions and height == width:
+            return self.position_embeddings
+        class_pos_embed = self.position_embeddings[:, :1]
+        patch_pos_embed = self.position_embeddings[:, 1:]
+        dim = patch_pos_embed.shape[-1]
+        side = int(math.sqrt(num_positions))
+        new_height = height // self.patch_size
+        new_width = width // self.patch_size
+        patch_pos_embed = patch_pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        # Bicubic resampling in half precision shifts the embeddings: always interpolate in float32.
+        patch_pos_embed = F.interpolate(
+            patch_pos_embed.float(),
+            scale_factor=((new_height + 0.1) / side, (new_width + 0.1) / side),
+            mode="bicubic",
+            align_corners=False,
+        ).to(self.position_embeddings.dtype)
+        if patch_pos_embed.shape[-2:] != (new_height, new_width):
+            raise RuntimeError(
+                f"Position embedding interpolation produced {tuple(patch_pos_embed.shape[-2:])}, "
+                f"expected {(new_height, new_width)}."
+            )
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat((class_pos_embed, patch_pos_embed), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch_size, _, height, width = pixel_values.shape
+        embeddings = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(batch_size, -1, -1).to(embeddings.dtype)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1)
+        return embeddings + self.interpolate_pos_encoding(embeddings.shape[1] - 1, height, width)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention that also returns the probabilities `(B, heads, N, N)`."""
+    attn_weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = attn_weights.softmax(dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class DinoSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused query/key/value projection (the reference layout)."""
+
+    def __init__(self, config: DinoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+
+        attention_interface: Callable = eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, None, scaling=self.scaling, dropout=0.0, is_causal=False
+        )
+        attn_output = self.proj(attn_output.reshape(batch_size, seq_len, -1))
+        return attn_output, attn_weights
+
+
+class DinoMLP(nn.Module):
+    def __init__(self, config: DinoConfig) -> None:
+        super().__init__()
+        hidden = int(config.hidden_size * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.hidden_size, hidden)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class DinoDropPath(nn.Module):
+    """Stochastic depth: drops the residual branch for whole samples with probability `drop_prob` in training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * mask.div_(keep_prob)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class DinoLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: `x + drop_path(attn(norm1(x)))`, then `x + drop_path(mlp(norm2(x)))`."""
+
+    def __init__(self, config: DinoConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = DinoSelfAttention(config)
+        self.drop_path = DinoDropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = DinoMLP(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = self.attention(self.norm1(hidden_states), output_attentions=output_attentions)
+        hidden_states = hidden_states + self.drop_path(attn_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states, attn_weights
+
+
+class DinoEncoder(nn.Module):
+    def __init__(self, config: DinoConfig, drop_path_rate: float) -> None:
+        super().__init__()
+        # Stochastic depth grows linearly with depth, as in the reference.
+        rates = [x.item() for x in torch.linspace(0, drop_path_rate, config.num_hidden_layers)]
+        self.layer = nn.ModuleList([DinoLayer(config, drop_path=rate) for rate in rates])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretrained-model plumbing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DinoPreTrainedModel(PreTrainedModel):
+    config_class = DinoConfig
+    config: DinoConfig
+    base_model_prefix = "dino"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DinoEmbeddings", "DinoLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The reference initialisation: truncated normal (std 0.02) for linear layers, tokens and positions."""
+        std = self.config.initializer_range
+        if isinstance(module, DinoWeightNormLinear):
+            init.kaiming_uniform_(module.weight_v, a=math.sqrt(5))
+            init.ones_(module.weight_g)
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            # The reference leaves the patch projection at PyTorch's default initialisation.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm1d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, DinoEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.position_embeddings, std=std)
+        elif isinstance(module, DinoCenter):
+            init.zeros_(module.center)
+
+
+@dataclass
+class DinoModelOutput(BaseModelOutputWithPooling):
+    """
+    Output of [`DinoViTModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, hidden_size)`):
+            All tokens after the final LayerNorm, [CLS] first.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            The final-LayerNorm [CLS] token: the DINO feature.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The embeddings and the output of every block (before the final LayerNorm), each
+            `(batch_size, 1 + num_patches, hidden_size)`; returned with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Attention probabilities of every block, each `(batch_size, num_heads, 1 + num_patches, 1 + num_patches)`;
+            returned with `output_attentions=True` on the eager attention path.
+    """
+
+
+class DinoViTModel(DinoPreTrainedModel):
+    """The DINO Vision Transformer backbone (DeiT-style pre-norm ViT).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoConfig, DinoViTModel
+    >>> model = DinoViTModel(DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+    ...                                 num_attention_heads=4)).eval()
+    >>> out = model(torch.randn(2, 3, 32, 24))  # any size divisible by the patch size
+    >>> out.pooler_output.shape, out.last_hidden_state.shape
+    (torch.Size([2, 64]), torch.Size([2, 13, 64]))
+    ```
+    """
+
+    def __init__(self, config: DinoConfig, drop_path_rate: float | None = None) -> None:
+        super().__init__(config)
+        self.embeddings = DinoEmbeddings(config)
+        self.encoder = DinoEncoder(config, config.drop_path_rate if drop_path_rate is None else drop_path_rate)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> DinoPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def _check_attentions_supported(self, output_attentions: bool) -> None:
+        if output_attentions and (self.config._attn_implementation or "sdpa") != "eager":
+            raise ValueError(
+                "output_attentions=True needs the eager attention path; load the model with "
+                "attn_implementation='eager' or call model.set_attn_implementation('eager'). "
+                "get_last_selfattention() works with any attention implementation."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DinoModelOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; height and width must be multiples of `config.patch_size`.
+            output_attentions (`bool`, *optional*): return every block's attention probabilities (eager path only).
+            output_hidden_states (`bool`, *optional*): return the embeddings and every block's output.
+            return_dict (`bool`, *optional*): return a [`DinoModelOutput`] instead of a tuple.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self._check_attentions_supported(output_attentions)
+
+        hidden_states = self.embeddings(pixel_values)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.encoder.layer:
+            hidden_states, attn_weights = layer(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = sequence_output[:, 0]
+        if not return_dict:
+            return tuple(
+                v for v in (sequence_output, pooled_output, all_hidden_states, all_attentions) if v is not None
+            )
+        return DinoModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    def get_intermediate_layers(self, pixel_values: torch.Tensor, n: int = 1) -> tuple[torch.Tensor, ...]:
+        """The last `n` blocks' outputs, each through the final LayerNorm: `n` tensors `(B, 1 + num_patches, D)`.
+
+        Linear evaluation of ViT-S concatenates the [CLS] token (`[:, 0]`) of the last 4.
+        """
+        if not 1 <= n <= self.config.num_hidden_layers:
+            raise ValueError(f"n must be between 1 and {self.config.num_hidden_layers}, got {n}.")
+        hidden_states = self.embeddings(pixel_values)
+        outputs = []
+        first_kept = len(self.encoder.layer) - n
+        for index, layer in enumerate(self.encoder.layer):
+            hidden_states, _ = layer(hidden_states)
+            if index >= first_kept:
+                outputs.append(self.layernorm(hidden_states))
+        return tuple(outputs)
+
+    def get_last_selfattention(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of the last block, `(B, heads, 1 + num_patches, 1 + num_patches)`, [CLS] first.
+
+        Every other block keeps the configured (fused) attention; only the last one computes explicit weights.
+        """
+        hidden_states = self.embeddings(pixel_values)
+        *blocks, last = self.encoder.layer
+        for layer in blocks:
+            hidden_states, _ = layer(hidden_states)
+        _, attn_weights = last(hidden_states, True)
+        return attn_weights
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Projection head
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DinoWeightNormLinear(nn.Module):
+    """Bias-free linear layer with weight normalisation, `W = g * v / ||v||` row-wise.
+
+    Parameters keep the names of the reference's `torch.nn.utils.weight_norm` (`weight_g` `(out, 1)`, `weight_v`
+    `(out, in)`), so reference checkpoints load as they are. With `fix_scale=True` (the paper's `norm_last_layer`),
+    `g` stays 1: it is then a buffer, so no optimizer, EMA or checkpoint loader can make it trainable.
+    """
+
+    def __init__(self, in_features: int, out_features: int, fix_scale: bool = True) -> None:
+        super().__init__()
+        if fix_scale:
+            self.register_buffer("weight_g", torch.ones(out_features, 1))
+        else:
+            self.weight_g = nn.Parameter(torch.ones(out_features, 1))
+        self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_g * (self.weight_v / self.weight_v.norm(dim=1, keepdim=True))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden_states, self.weight)
+
+
+class DinoHead(nn.Module):
+    """The DINO projection head: MLP (GELU) -> bottleneck -> L2 normalisation -> weight-normalised prototypes.
+
+    Args:
+        in_dim: backbone width.
+        out_dim: number of prototypes K (65536 in the paper).
+        hidden_dim: MLP width (2048).
+        bottleneck_dim: bottleneck width (256).
+        num_layers: MLP layers, the bottleneck projection included (3).
+        use_bn: BatchNorm after each hidden layer (False for ViTs).
+        norm_last_layer: freeze the weight-norm scale of the last layer at 1 (True).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoHead
+    >>> head = DinoHead(in_dim=64, out_dim=256, hidden_dim=128, bottleneck_dim=32)
+    >>> head(torch.randn(6, 64)).shape
+    torch.Size([6, 256])
+    ```
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        num_layers = max(num_layers, 1)
+        if num_layers == 1:
+            layers: list[nn.Module] = [nn.Linear(in_dim, bottleneck_dim)]
+        else:
+            layers = []
+            width = in_dim
+            for _ in range(num_layers - 1):
+                layers.append(nn.Linear(width, hidden_dim))
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(hidden_dim))
+                layers.append(nn.GELU())
+                width = hidden_dim
+            layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        # A Sequential keeps the reference's parameter names (mlp.0, mlp.2, mlp.4 without BN).
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = DinoWeightNormLinear(bottleneck_dim, out_dim, fix_scale=norm_last_layer)
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_config(cls, config: DinoConfig) -> DinoHead:
+        return cls(
+            in_dim=config.hidden_size,
+            out_dim=config.out_dim,
+            hidden_dim=config.head_hidden_dim,
+            bottleneck_dim=config.head_bottleneck_dim,
+            num_layers=config.head_num_layers,
+            use_bn=config.use_bn_in_head,
+            norm_last_layer=config.norm_last_layer,
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`(N, in_dim)` features -> `(N, out_dim)` logits (before any temperature)."""
+        hidden = F.normalize(self.mlp(features), dim=-1, p=2)
+        return self.last_layer(hidden)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss and center
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DinoLossOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` scalar): mean over (teacher view, other student view) pairs of the batch-mean
+            cross-entropy `H(P_t, P_s)`.
+        teacher_entropy (`torch.FloatTensor` scalar): mean entropy of the teacher distributions `P_t`
+            (-> ln K when the teacher collapses to uniform, -> 0 when it collapses to one-hot).
+        kl_divergence (`torch.FloatTensor` scalar): mean `KL(P_t || P_s)` over the same pairs, `loss - entropy`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    teacher_entropy: torch.FloatTensor | None = None
+    kl_divergence: torch.FloatTensor | None = None
+
+
+class DinoLoss(nn.Module):
+    """The DINO multi-crop cross-entropy between a centred, sharpened teacher and the student.
+
+    For each teacher view `t` and each student view `s != t`:
+    `H(P_t, P_s) = -sum_k softmax((g_t - c) / tau_t)_k * log_softmax(g_s / tau_s)_k`, averaged over the batch and
+    then over all such pairs. Every log-softmax is computed once per view and all pairs come from one matrix product.
+
+    Inputs are view-major: rows `v*B .. (v+1)*B - 1` are view `v` of every image. The first `num_teacher_views`
+    student views are the same crops the teacher saw.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoLoss
+    >>> loss_fn = DinoLoss(student_temp=0.1)
+    >>> out = loss_fn(torch.randn(6 * 4, 16), torch.randn(2 * 4, 16), center=torch.zeros(1, 16), teacher_temp=0.04)
+    >>> out.loss.shape
+    torch.Size([])
+    ```
+    """
+
+    def __init__(self, student_temp: float = 0.1) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        center: torch.Tensor,
+        teacher_temp: float | torch.Tensor,
+        num_teacher_views: int = 2,
+    ) -> DinoLossOutput:
+        """
+        Args:
+            student_logits: `(S * B, K)`, all student views, the teacher's views first.
+            teacher_logits: `(T * B, K)`, the teacher's views (no gradient flows into them).
+            center: `(1, K)`.
+            teacher_temp: teacher temperature (a float, or a 0-d tensor).
+            num_teacher_views: T.
+        """
+        num_teacher_rows, num_student_rows = teacher_logits.shape[0], student_logits.shape[0]
+        if num_teacher_views < 1 or num_teacher_rows % num_teacher_views:
+            raise ValueError(
+                f"teacher_logits has {num_teacher_rows} rows, not a multiple of {num_teacher_views} views."
+            )
+        batch_size = num_teacher_rows // num_teacher_views
+        if batch_size == 0 or num_student_rows % batch_size:
+            raise ValueError(
+                f"student_logits has {num_student_rows} rows, not a multiple of the batch size {batch_size}; "
+                "both inputs must be view-major stacks of (views * batch) rows."
+            )
+        student_views = num_student_rows // batch_size
+        num_pairs = num_teacher_views * student_views - min(num_teacher_views, student_views)
+        if num_pairs == 0:
+            raise ValueError("The DINO loss needs at least one (teacher view, other student view) pair.")
+
+        with torch.no_grad():
+            teacher_log_probs = F.log_softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+            teacher_probs = teacher_log_probs.exp()
+        student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+
+        # cross[t, s] = mean_b H(P_t[b], P_s[b]) for every pair at once: one (T, B*K) x (B*K, S) product.
+        cross = teacher_probs.reshape(num_teacher_views, -1) @ student_log_probs.reshape(student_views, -1).T
+        cross = cross / -batch_size
+        same_view = torch.eye(num_teacher_views, student_views, dtype=torch.bool, device=cross.device)
+        loss = cross.masked_fill(same_view, 0.0).sum() / num_pairs
+        with torch.no_grad():
+            entropy = -(teacher_probs * teacher_log_probs).sum(dim=-1).mean()
+            # Every teacher view meets the same number of student views, so the pair-averaged teacher entropy is the
+            # plain mean, and the pair-averaged KL(P_t || P_s) is loss - entropy.
+            kl = loss.detach() - entropy
+        return DinoLossOutput(loss=loss, teacher_entropy=entropy, kl_divergence=kl)
+
+
+class DinoCenter(nn.Module):
+    """The running center `c` of the teacher outputs, `(1, K)`.
+
+    `update(teacher_logits)` sets `c <- m * c + (1 - m) * mean(teacher_logits)`, with the batch mean all-reduced
+    across processes when `torch.distributed` is initialised (so every process keeps the same center).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoCenter
+    >>> center = DinoCenter(out_dim=4, momentum=0.9)
+    >>> center.update(torch.ones(8, 4))
+    >>> center.center
+    tensor([[0.1000, 0.1000, 0.1000, 0.1000]])
+    ```
+    """
+
+    def __init__(self, out_dim: int, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def update(self, teacher_logits: torch.Tensor) -> None:
+        batch_center = teacher_logits.detach().float().sum(dim=0, keepdim=True)
+        count = teacher_logits.shape[0]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch_center)
+            count *= dist.get_world_size()
+        self.center.mul_(self.momentum).add_(batch_center / count, alpha=1.0 - self.momentum)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Self-distillation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DinoBackboneWithHead(nn.Module):
+    """A backbone and a head: `(N, C, H, W)` crops -> `(N, out_dim)` logits, one backbone pass per resolution."""
+
+    def __init__(self, backbone: DinoViTModel, head: DinoHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, *crops: torch.Tensor | None) -> torch.Tensor:
+        features = [self.backbone(c, return_dict=True).pooler_output for c in crops if c is not None]
+        return self.head(torch.cat(features) if len(features) > 1 else features[0])
+
+
+@dataclass
+class DinoSelfDistillationOutput(ModelOutput):
+    """
+    Output of [`DinoForSelfDistillation`].
+
+    Args:
+        loss (`torch.FloatTensor` scalar): the DINO loss.
+        teacher_entropy (`torch.FloatTensor` scalar): mean entropy of the teacher distributions.
+        kl_divergence (`torch.FloatTensor` scalar): mean KL(teacher || student) over the loss pairs.
+        student_logits (`torch.FloatTensor` of shape `((G + L) * B, out_dim)`): student outputs, view-major, global
+            views first.
+        teacher_logits (`torch.FloatTensor` of shape `(G * B, out_dim)`): teacher outputs on the global views.
+    """
+
+    loss: torch.FloatTensor | None = None
+    teacher_entropy: torch.FloatTensor | None = None
+    kl_divergence: torch.FloatTensor | None = None
+    student_logits: torch.FloatTensor | None = None
+    teacher_logits: torch.FloatTensor | None = None
+
+
+class DinoForSelfDistillation(DinoPreTrainedModel):
+    """DINO: a student and an exponential-moving-average teacher with the same architecture, and the loss.
+
+    The student (`student.backbone`, `student.head`) is trained by gradient descent; the teacher
+    (`teacher.backbone`, `teacher.head`) gets no gradient and follows the student through
+    [`~DinoForSelfDistillation.update_teacher`]. The released model is the teacher backbone, see
+    [`~DinoForSelfDistillation.export_teacher_backbone`].
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoConfig, DinoForSelfDistillation
+    >>> config = DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    ...                     out_dim=256, head_hidden_dim=128, head_bottleneck_dim=32)
+    >>> model = DinoForSelfDistillation(config)
+    >>> batch = 3
+    >>> out = model(torch.randn(2 * batch, 3, 32, 32), torch.randn(4 * batch, 3, 16, 16), teacher_temp=0.04)
+    >>> out.loss.backward()
+    >>> model.update_teacher(momentum=0.996)
+    ```
+    """
+
+    def __init__(self, config: DinoConfig) -> None:
+        super().__init__(config)
+        self.student = DinoBackboneWithHead(DinoViTModel(config), DinoHead.from_config(config))
+        # The teacher never drops paths; it shares the config so attention settings apply to both networks.
+        self.teacher = DinoBackboneWithHead(DinoViTModel(config, drop_path_rate=0.0), DinoHead.from_config(config))
+        self.center = DinoCenter(config.out_dim, config.center_momentum)
+        self.loss_fn = DinoLoss(config.student_temp)
+        self.post_init()
+        self.copy_student_to_teacher()
+        self._ema_params: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving or casting replaces parameter tensors; the cached EMA lists must follow.
+        self._ema_params = None
+        return super()._apply(fn, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading recreates parameters as trainable; the teacher only ever follows the student by EMA.
+        model.teacher.requires_grad_(False)
+        return loaded
+
+    @torch.no_grad()
+    def copy_student_to_teacher(self) -> None:
+        """Make the teacher an exact copy of the student (the paper's initialisation)."""
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None = None,
+        teacher_temp: float | torch.Tensor | None = None,
+        num_global_crops: int = 2,
+        update_center: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> DinoSelfDistillationOutput | tuple:
+        """
+        Args:
+            global_crops (`torch.FloatTensor` of shape `(G * B, 3, H, W)`): view-major global crops (rows `0..B-1`
+                are the first view of every image). The teacher sees only these.
+            local_crops (`torch.FloatTensor` of shape `(L * B, 3, h, w)`, *optional*): view-major local crops.
+            teacher_temp (`float`, *optional*): teacher temperature for this step (defaults to
+                `config.teacher_temp`; the training loop passes its warm-up schedule).
+            num_global_crops (`int`, defaults to 2): G.
+            update_center (`bool`, *optional*): update the center after the loss; defaults to `self.training`.
+            return_dict (`bool`, *optional*): return a [`DinoSelfDistillationOutput`] instead of a tuple.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        update_center = self.training if update_center is None else update_center
+        teacher_temp = self.config.teacher_temp if teacher_temp is None else teacher_temp
+        if num_global_crops < 1 or global_crops.shape[0] % num_global_crops:
+            raise ValueError(
+                f"global_crops has {global_crops.shape[0]} rows, not a multiple of num_global_crops={num_global_crops}."
+            )
+        batch_size = global_crops.shape[0] // num_global_crops
+        if local_crops is not None and local_crops.shape[0] % batch_size:
+            raise ValueError(
+                f"local_crops has {local_crops.shape[0]} rows, not a multiple of the batch size {batch_size} "
+                f"({global_crops.shape[0]} global rows / {num_global_crops} views)."
+            )
+
+        with torch.no_grad():
+            teacher_logits = self.teacher(global_crops)
+        student_logits = self.student(global_crops, local_crops)
+        loss_output = self.loss_fn(
+            student_logits, teacher_logits, self.center.center, teacher_temp, num_teacher_views=num_global_crops
+        )
+        if update_center:
+            self.center.update(teacher_logits)
+
+        output = DinoSelfDistillationOutput(
+            loss=loss_output.loss,
+            teacher_entropy=loss_output.teacher_entropy,
+            kl_divergence=loss_output.kl_divergence,
+            student_logits=student_logits,
+            teacher_logits=teacher_logits,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float | torch.Tensor) -> None:
+        """EMA of the student into the teacher: `theta_t <- m * theta_t + (1 - m) * theta_s` (fused `_foreach`)."""
+        if self._ema_params is None:
+            teacher_params = list(self.teacher.parameters())
+            student_params = list(self.student.parameters())
+            if len(teacher_params) != len(student_params):
+                raise RuntimeError("Student and teacher do not have the same parameters.")
+            self._ema_params = (teacher_params, student_params)
+        teacher_params, student_params = self._ema_params
+        torch._foreach_mul_(teacher_params, momentum)
+        torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+
+    def export_teacher_backbone(self) -> DinoViTModel:
+        """The teacher backbone as a standalone [`DinoViTModel`] (what DINO releases), on the CPU in float32."""
+        config = copy.deepcopy(self.config)
+        config.architectures = ["DinoViTModel"]
+        backbone = DinoViTModel(config)
+        state = {k: v.detach().to("cpu", torch.float32) for k, v in self.teacher.backbone.state_dict().items()}
+        backbone.load_state_dict(state)
+        return backbone.eval()
+
+
+__all__ = [
+    "DinoBackboneWithHead",
+    "DinoCenter",
+    "DinoForSelfDistillation",
+    "DinoHead",
+    "DinoLoss",
+    "DinoLossOutput",
+    "DinoModelOutput",
+    "DinoPreTrainedModel",
+    "DinoSelfDistillationOutput",
+    "DinoViTModel",
+    "DinoWeightNormLinear",
+]

@@ -1,0 +1,50 @@
+"""Shared test set-up: offline, deterministic, small."""
+
+import os
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, torch.Tensor]:
+    """The reference implementation's tensors on a tiny random configuration (see fixtures/README.md)."""
+    return load_file(FIXTURES / "dino_reference_tiny.safetensors")
+
+
+def tiny_config(**overrides):
+    """The reference vectors' configuration."""
+    from dino_hf import DinoConfig
+
+    values = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        layer_norm_eps=1e-6,
+        out_dim=256,
+        head_hidden_dim=128,
+        head_bottleneck_dim=32,
+        drop_path_rate=0.0,
+    )
+    values.update(overrides)
+    return DinoConfig(**values)

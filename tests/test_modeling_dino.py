@@ -1,0 +1,406 @@
+"""Model classes: numerics pinned to the reference implementation, formulas checked against their definitions."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+from dino_hf import (
+    DinoCenter,
+    DinoConfig,
+    DinoForSelfDistillation,
+    DinoHead,
+    DinoLoss,
+    DinoViTModel,
+)
+from dino_hf.conversion import convert_reference_backbone_state_dict, convert_reference_network_state_dict
+
+
+def reference_backbone(reference, **config_overrides) -> DinoViTModel:
+    model = DinoViTModel(tiny_config(**config_overrides))
+    state = {k.removeprefix("backbone."): v for k, v in reference.items() if k.startswith("backbone.")}
+    model.load_state_dict(convert_reference_backbone_state_dict(state))
+    return model.eval()
+
+
+def reference_full_model(reference) -> DinoForSelfDistillation:
+    model = DinoForSelfDistillation(tiny_config())
+    state = {"center.center": reference["dino_loss.center"]}
+    for network in ("student", "teacher"):
+        part = {k[len(network) + 1 :]: v for k, v in reference.items() if k.startswith(network + ".")}
+        state.update({f"{network}.{k}": v for k, v in convert_reference_network_state_dict(part).items()})
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("size", ["32x32", "16x16", "32x24"])
+def test_backbone_matches_reference(reference, attn_implementation, size):
+    # 16x16 and 32x24 need position-embedding interpolation (32x24 is non-square).
+    model = reference_backbone(reference)
+    model.set_attn_implementation(attn_implementation)
+    with torch.no_grad():
+        output = model(reference[f"input.{size}"])
+    torch.testing.assert_close(output.pooler_output, reference[f"output.cls.{size}"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(output.last_hidden_state[:, 0], output.pooler_output)
+
+
+def test_position_embedding_interpolation_non_square_non_native():
+    model = DinoViTModel(tiny_config()).eval()
+    out = model(torch.randn(2, 3, 48, 24))
+    assert out.last_hidden_state.shape == (2, 1 + 6 * 3, 64)
+    # At the native resolution the embeddings are used as they are.
+    pos = model.embeddings.interpolate_pos_encoding(16, 32, 32)
+    assert pos is model.embeddings.position_embeddings
+    # A resampled grid keeps the [CLS] position and has the new number of patches.
+    resized = model.embeddings.interpolate_pos_encoding(6 * 3, 48, 24)
+    assert resized.shape == (1, 19, 64)
+    torch.testing.assert_close(resized[:, 0], model.embeddings.position_embeddings[:, 0])
+
+
+def test_input_not_divisible_by_patch_size_is_a_clear_error():
+    model = DinoViTModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="Expected pixel_values of shape"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_last_selfattention_matches_reference_and_rows_are_probabilities(reference):
+    model = reference_backbone(reference)  # sdpa by default: only the last block runs explicit attention
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        attentions = model.get_last_selfattention(reference["input.32x32"])
+    torch.testing.assert_close(attentions, reference["output.last_selfattention.32x32"], atol=1e-5, rtol=0)
+    assert (attentions >= 0).all()
+    torch.testing.assert_close(attentions.sum(-1), torch.ones(attentions.shape[:-1]))
+
+
+def test_eager_output_attentions(reference):
+    model = reference_backbone(reference)
+    with pytest.raises(ValueError, match="eager"):
+        model(reference["input.32x32"], output_attentions=True)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(reference["input.32x32"], output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 17, 17)
+    torch.testing.assert_close(out.attentions[-1], reference["output.last_selfattention.32x32"], atol=1e-5, rtol=0)
+    for attn in out.attentions:
+        torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:-1]))
+    # embeddings + one entry per block, before the final LayerNorm
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(model.layernorm(out.hidden_states[-1]), out.last_hidden_state)
+
+
+def test_eager_and_sdpa_agree():
+    model = DinoViTModel(tiny_config()).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        fused = model(pixels).last_hidden_state
+        model.set_attn_implementation("eager")
+        eager = model(pixels).last_hidden_state
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_intermediate_layers_match_reference(reference):
+    model = reference_backbone(reference)
+    with torch.no_grad():
+        layers = model.get_intermediate_layers(reference["input.32x32"], n=2)
+    torch.testing.assert_close(torch.stack(layers), reference["output.intermediate_last2.32x32"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        model.get_intermediate_layers(reference["input.32x32"], n=3)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = tiny_config(drop_path_rate=0.0)
+    torch.manual_seed(0)
+    plain = DinoViTModel(config).train()
+    checkpointed = DinoViTModel(config).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in checkpointed.encoder.layer)
+    pixels = torch.randn(2, 3, 32, 32)
+    plain(pixels).pooler_output.square().sum().backward()
+    checkpointed(pixels).pooler_output.square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_stochastic_depth_rates_grow_linearly_and_only_in_training():
+    model = DinoViTModel(tiny_config(num_hidden_layers=3, drop_path_rate=0.2))
+    rates = [getattr(layer.drop_path, "drop_prob", 0.0) for layer in model.encoder.layer]
+    assert rates == pytest.approx([0.0, 0.1, 0.2])
+    pixels = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels).pooler_output, model(pixels).pooler_output)
+
+
+def test_save_load_round_trip_and_auto_model(tmp_path):
+    model = DinoViTModel(tiny_config()).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    for loaded in (DinoViTModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert type(loaded) is DinoViTModel
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded.eval()(pixels).pooler_output, model(pixels).pooler_output, rtol=0, atol=0
+            )
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), DinoConfig)
+    eager = DinoViTModel.from_pretrained(tmp_path, attn_implementation="eager")
+    assert eager.config._attn_implementation == "eager"
+
+
+def test_trust_remote_code_loading_without_dino_hf(tmp_path):
+    model = DinoViTModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    pixels = torch.randn(1, 3, 32, 24)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    with torch.no_grad():
+        torch.save(model(pixels).pooler_output, tmp_path / "expected.pt")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_dino.DinoConfig",
+        "AutoModel": "modeling_dino.DinoViTModel",
+    }
+    assert (tmp_path / "modeling_dino.py").exists() and (tmp_path / "configuration_dino.py").exists()
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert "dino_hf" not in sys.modules, "dino_hf was imported"
+        assert type(model).__name__ == "DinoViTModel"
+        pixels = torch.load({str(tmp_path / "pixels.pt")!r})
+        with torch.no_grad():
+            got = model(pixels).pooler_output
+        torch.testing.assert_close(got, torch.load({str(tmp_path / "expected.pt")!r}), rtol=0, atol=0)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    # Run from an empty directory so the repository's dino_hf is not importable.
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Head
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_head_structure_and_weight_norm():
+    head = DinoHead(in_dim=64, out_dim=256, hidden_dim=128, bottleneck_dim=32, num_layers=3)
+    assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
+    assert "last_layer.weight_g" not in dict(head.named_parameters())
+    assert "last_layer.weight_g" in head.state_dict()
+    torch.testing.assert_close(head.last_layer.weight_g, torch.ones(256, 1))
+    weight = head.last_layer.weight
+    torch.testing.assert_close(weight.norm(dim=1), torch.ones(256))
+    features = torch.randn(5, 64)
+    bottleneck = F.normalize(head.mlp(features), dim=-1)
+    torch.testing.assert_close(head(features), bottleneck @ weight.T)
+
+
+def test_head_options():
+    head = DinoHead(
+        in_dim=8, out_dim=16, hidden_dim=12, bottleneck_dim=4, num_layers=2, use_bn=True, norm_last_layer=False
+    )
+    assert [type(m).__name__ for m in head.mlp] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
+    assert "last_layer.weight_g" in dict(head.named_parameters())
+    assert [type(m).__name__ for m in DinoHead(8, 16, 12, 4, num_layers=1).mlp] == ["Linear"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss, center, EMA
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def loss_by_definition(student, teacher, center, student_temp, teacher_temp, batch, teacher_views):
+    """The paper's loss written out with loops."""
+    student_views = student.shape[0] // batch
+    total, pairs = 0.0, 0
+    for t in range(teacher_views):
+        for s in range(student_views):
+            if s == t:
+                continue
+            pair = 0.0
+            for b in range(batch):
+                p_t = torch.softmax((teacher[t * batch + b] - center[0]) / teacher_temp, dim=-1)
+                log_p_s = torch.log_softmax(student[s * batch + b] / student_temp, dim=-1)
+                pair += -(p_t * log_p_s).sum()
+            total += pair / batch
+            pairs += 1
+    return total / pairs
+
+
+def test_loss_equals_hand_computed_value():
+    # Two images, two teacher views, three student views, three prototypes: small enough to check by hand.
+    student = torch.tensor(
+        [[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, -0.3, 0.1], [-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    )
+    teacher = torch.tensor([[0.1, 0.0, -0.1], [0.3, 0.0, 0.0], [0.0, 0.2, 0.0], [-0.1, 0.1, 0.0]])
+    center = torch.tensor([[0.05, -0.05, 0.0]])
+    out = DinoLoss(student_temp=0.1)(student, teacher, center, teacher_temp=0.04, num_teacher_views=2)
+    expected = loss_by_definition(student, teacher, center, 0.1, 0.04, batch=2, teacher_views=2)
+    torch.testing.assert_close(out.loss, expected)
+    # With 2 teacher and 3 student views there are 2*3 - 2 = 4 pairs.
+    p_t = torch.softmax((teacher - center) / 0.04, dim=-1)
+    entropy = -(p_t * p_t.log()).sum(-1).mean()
+    torch.testing.assert_close(out.teacher_entropy, entropy)
+    torch.testing.assert_close(out.kl_divergence, out.loss - entropy)
+
+
+def test_loss_random_matches_definition_and_kl_is_mean_pair_kl():
+    batch, teacher_views, student_views, k = 3, 2, 5, 7
+    student = torch.randn(student_views * batch, k)
+    teacher = torch.randn(teacher_views * batch, k)
+    center = torch.randn(1, k) * 0.1
+    out = DinoLoss(0.1)(student, teacher, center, 0.05, num_teacher_views=teacher_views)
+    torch.testing.assert_close(out.loss, loss_by_definition(student, teacher, center, 0.1, 0.05, batch, teacher_views))
+    kls = []
+    for t in range(teacher_views):
+        for s in range(student_views):
+            if s != t:
+                p = torch.softmax((teacher[t * batch : (t + 1) * batch] - center) / 0.05, -1)
+                log_q = torch.log_softmax(student[s * batch : (s + 1) * batch] / 0.1, -1)
+                kls.append((p * (p.log() - log_q)).sum(-1).mean())
+    torch.testing.assert_close(out.kl_divergence, torch.stack(kls).mean())
+
+
+def test_loss_errors():
+    with pytest.raises(ValueError, match="not a multiple of the batch size"):
+        DinoLoss()(torch.randn(7, 4), torch.randn(4, 4), torch.zeros(1, 4), 0.04)
+    with pytest.raises(ValueError, match="at least one"):
+        DinoLoss()(torch.randn(2, 4), torch.randn(2, 4), torch.zeros(1, 4), 0.04, num_teacher_views=1)
+
+
+def test_center_update_formula():
+    center = DinoCenter(out_dim=5, momentum=0.9)
+    center.center.copy_(torch.arange(5.0)[None])
+    teacher = torch.randn(6, 5)
+    expected = 0.9 * torch.arange(5.0)[None] + 0.1 * teacher.mean(0, keepdim=True)
+    center.update(teacher)
+    torch.testing.assert_close(center.center, expected)
+
+
+def test_full_model_matches_reference_step(reference):
+    model = reference_full_model(reference).train()
+    out = model(reference["crops.global"], reference["crops.local"], teacher_temp=0.04)
+    torch.testing.assert_close(out.student_logits, reference["output.student"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.teacher_logits, reference["output.teacher"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, reference["output.loss"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.center.center, reference["output.center_after"], atol=1e-5, rtol=0)
+    out.loss.backward()
+    grads = [p.grad for p in model.student.parameters() if p.grad is not None]
+    grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    torch.testing.assert_close(grad_norm, reference["output.student_grad_norm"][0], rtol=1e-4, atol=0)
+    # The center moves only after the loss used the old one: recomputing with the old center gives the same loss.
+    old = DinoLoss(0.1)(out.student_logits.detach(), out.teacher_logits, reference["dino_loss.center"], 0.04)
+    torch.testing.assert_close(old.loss, out.loss.detach())
+
+
+def test_no_gradient_reaches_the_teacher():
+    model = DinoForSelfDistillation(tiny_config(drop_path_rate=0.1)).train()
+    out = model(torch.randn(4, 3, 32, 32), torch.randn(6, 3, 16, 16))
+    out.loss.backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.teacher.parameters())
+    assert out.teacher_logits.grad_fn is None
+    trainable = [n for n, p in model.student.named_parameters() if p.requires_grad]
+    assert all(model.student.get_parameter(n).grad is not None for n in trainable)
+    assert "head.last_layer.weight_g" not in trainable and "head.last_layer.weight_v" in trainable
+
+
+def test_teacher_starts_as_exact_copy_without_drop_path():
+    model = DinoForSelfDistillation(tiny_config(drop_path_rate=0.1))
+    for (name, s), t in zip(model.student.state_dict().items(), model.teacher.state_dict().values()):
+        assert torch.equal(s, t), name
+    assert any(getattr(layer.drop_path, "drop_prob", 0) > 0 for layer in model.student.backbone.encoder.layer)
+    assert all(isinstance(layer.drop_path, torch.nn.Identity) for layer in model.teacher.backbone.encoder.layer)
+
+
+def test_ema_formula():
+    model = DinoForSelfDistillation(tiny_config())
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(torch.randn_like(p))
+    before = {n: p.clone() for n, p in model.teacher.named_parameters()}
+    student = dict(model.student.named_parameters())
+    model.update_teacher(0.9)
+    for name, p in model.teacher.named_parameters():
+        torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * student[name], msg=name)
+
+
+def test_forward_argument_errors():
+    model = DinoForSelfDistillation(tiny_config())
+    with pytest.raises(ValueError, match="not a multiple of num_global_crops"):
+        model(torch.randn(5, 3, 32, 32))
+    with pytest.raises(ValueError, match="not a multiple of the batch size"):
+        model(torch.randn(4, 3, 32, 32), torch.randn(5, 3, 16, 16))
+
+
+def test_center_updates_only_in_training():
+    model = DinoForSelfDistillation(tiny_config()).eval()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.count_nonzero(model.center.center) == 0
+    model.train()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.count_nonzero(model.center.center) > 0
+
+
+def test_collapse_signals():
+    k = 64
+    loss_fn = DinoLoss(0.1)
+    uniform = loss_fn(torch.zeros(6, k), torch.zeros(4, k), torch.zeros(1, k), 0.04)
+    assert uniform.teacher_entropy.item() == pytest.approx(math.log(k), rel=1e-5)
+    assert uniform.loss.item() == pytest.approx(math.log(k), rel=1e-5)
+    one_hot = torch.zeros(4, k)
+    one_hot[:, 3] = 100.0
+    assert loss_fn(torch.zeros(6, k), one_hot, torch.zeros(1, k), 0.04).teacher_entropy.item() < 1e-3
+
+
+def test_self_distillation_save_load_round_trip_and_export(tmp_path):
+    model = DinoForSelfDistillation(tiny_config())
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        model.update_teacher(0.5)
+        model.center.center.normal_()
+    model.save_pretrained(tmp_path / "full")
+    for loaded in (
+        DinoForSelfDistillation.from_pretrained(tmp_path / "full"),
+        AutoModelForPreTraining.from_pretrained(tmp_path / "full"),
+    ):
+        assert type(loaded) is DinoForSelfDistillation
+        for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(a, b), name
+        assert not any(p.requires_grad for p in loaded.teacher.parameters())
+    crops_g, crops_l = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(crops_g, crops_l).loss, model(crops_g, crops_l).loss, rtol=0, atol=0)
+
+    backbone = model.export_teacher_backbone()
+    backbone.save_pretrained(tmp_path / "backbone")
+    reloaded = AutoModel.from_pretrained(tmp_path / "backbone").eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixels).pooler_output, model.teacher.backbone(pixels).pooler_output)
