@@ -54,7 +54,8 @@ class DinoConfig(PreTrainedConfig):
 
     Loss:
         student_temp (`float`, defaults to 0.1): student softmax temperature.
-        teacher_temp (`float`, defaults to 0.04): teacher softmax temperature after warm-up.
+        teacher_temp (`float`, defaults to 0.07): teacher softmax temperature after warm-up (the paper warms it up
+            linearly from 0.04 over the first 30 epochs).
         center_momentum (`float`, defaults to 0.9): momentum of the teacher-output center.
 
     Example:
@@ -90,7 +91,7 @@ class DinoConfig(PreTrainedConfig):
     norm_last_layer: bool = True
 
     student_temp: float = 0.1
-    teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
     center_momentum: float = 0.9
 
     def __post_init__(self, **kwargs):

@@ -522,11 +522,15 @@ class DinoLossOutput(ModelOutput):
         teacher_entropy (`torch.FloatTensor` scalar): mean entropy of the teacher distributions `P_t`
             (-> ln K when the teacher collapses to uniform, -> 0 when it collapses to one-hot).
         kl_divergence (`torch.FloatTensor` scalar): mean `KL(P_t || P_s)` over the same pairs, `loss - entropy`.
+        teacher_mean_entropy (`torch.FloatTensor` scalar): entropy of the teacher distribution averaged over all
+            rows; its exponential is the effective number of prototypes in use (-> 1 when every image goes to the
+            same prototype).
     """
 
     loss: torch.FloatTensor | None = None
     teacher_entropy: torch.FloatTensor | None = None
     kl_divergence: torch.FloatTensor | None = None
+    teacher_mean_entropy: torch.FloatTensor | None = None
 
 
 class DinoLoss(nn.Module):
@@ -602,7 +606,9 @@ class DinoLoss(nn.Module):
             # Every teacher view meets the same number of student views, so the pair-averaged teacher entropy is the
             # plain mean, and the pair-averaged KL(P_t || P_s) is loss - entropy.
             kl = loss.detach() - entropy
-        return DinoLossOutput(loss=loss, teacher_entropy=entropy, kl_divergence=kl)
+            mean_probs = teacher_probs.mean(dim=0)
+            mean_entropy = -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
+        return DinoLossOutput(loss=loss, teacher_entropy=entropy, kl_divergence=kl, teacher_mean_entropy=mean_entropy)
 
 
 class DinoCenter(nn.Module):
@@ -665,6 +671,7 @@ class DinoSelfDistillationOutput(ModelOutput):
         loss (`torch.FloatTensor` scalar): the DINO loss.
         teacher_entropy (`torch.FloatTensor` scalar): mean entropy of the teacher distributions.
         kl_divergence (`torch.FloatTensor` scalar): mean KL(teacher || student) over the loss pairs.
+        teacher_mean_entropy (`torch.FloatTensor` scalar): entropy of the batch-mean teacher distribution.
         student_logits (`torch.FloatTensor` of shape `((G + L) * B, out_dim)`): student outputs, view-major, global
             views first.
         teacher_logits (`torch.FloatTensor` of shape `(G * B, out_dim)`): teacher outputs on the global views.
@@ -673,6 +680,7 @@ class DinoSelfDistillationOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     teacher_entropy: torch.FloatTensor | None = None
     kl_divergence: torch.FloatTensor | None = None
+    teacher_mean_entropy: torch.FloatTensor | None = None
     student_logits: torch.FloatTensor | None = None
     teacher_logits: torch.FloatTensor | None = None
 
@@ -777,6 +785,7 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             loss=loss_output.loss,
             teacher_entropy=loss_output.teacher_entropy,
             kl_divergence=loss_output.kl_divergence,
+            teacher_mean_entropy=loss_output.teacher_mean_entropy,
             student_logits=student_logits,
             teacher_logits=teacher_logits,
         )

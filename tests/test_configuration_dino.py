@@ -16,7 +16,7 @@ def test_defaults_are_the_papers_vit_small_16():
         3,
     )
     assert config.norm_last_layer and not config.use_bn_in_head
-    assert (config.student_temp, config.teacher_temp, config.center_momentum) == (0.1, 0.04, 0.9)
+    assert (config.student_temp, config.teacher_temp, config.center_momentum) == (0.1, 0.07, 0.9)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,156 @@
+"""Command-line arguments of DINO pretraining, as typed dataclasses (`transformers.HfArgumentParser` reads them).
+
+Flag names follow the reference implementation (`main_dino.py`) where it has one, so its users can switch without a
+dictionary, and Hugging Face conventions for the rest. Every default is the paper's ViT-S/16 recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _help(text: str, **kwargs) -> dict:
+    return {"metadata": {"help": text}, **kwargs}
+
+
+@dataclass
+class DinoModelArguments:
+    arch: str = field(default="vit_small", **_help("Backbone preset: vit_tiny, vit_small or vit_base."))
+    patch_size: int = field(default=16, **_help("Patch size in pixels (16 or 8 in the paper)."))
+    out_dim: int = field(default=65536, **_help("Number of prototypes K of the DINO head."))
+    norm_last_layer: bool = field(
+        default=True,
+        **_help("Fix the weight-norm scale of the head's last layer at 1 (more stable; the paper's ViT-S setting)."),
+    )
+    use_bn_in_head: bool = field(default=False, **_help("BatchNorm in the head's MLP (False for ViTs)."))
+    drop_path_rate: float = field(default=0.1, **_help("Stochastic depth rate of the student."))
+    config_overrides: str | None = field(
+        default=None,
+        **_help(
+            "Comma-separated DinoConfig overrides applied after the preset, e.g. "
+            "'hidden_size=128,num_hidden_layers=4,num_attention_heads=4,head_hidden_dim=512'."
+        ),
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        **_help(
+            "Start from a saved DinoForSelfDistillation folder (student, teacher and center) instead of random "
+            "weights; e.g. one written by `python -m dino_hf.conversion` from a reference training checkpoint."
+        ),
+    )
+    attn_implementation: str = field(default="sdpa", **_help("Attention kernel: sdpa (fused, default) or eager."))
+    gradient_checkpointing: bool = field(
+        default=False, **_help("Recompute each transformer block in the backward pass (saves activation memory).")
+    )
+    torch_compile: bool = field(
+        default=False,
+        **_help("Compile the transformer block with torch.compile (regional compilation: one block, compiled once)."),
+    )
+
+
+@dataclass
+class DinoDataArguments:
+    dataset_name: str = field(
+        default="ILSVRC/imagenet-1k",
+        **_help(
+            "A Hub dataset id, a local imagefolder directory, parquet files or webdataset .tar shards (see "
+            "docs/data.md), or 'embedded' for the package's generated offline dataset."
+        ),
+    )
+    train_split: str = field(default="train", **_help("Split to pretrain on."))
+    data_files: str | None = field(default=None, **_help("Data files (glob) for parquet/webdataset/local sources."))
+    image_column: str | None = field(default=None, **_help("Image column (detected if not given)."))
+    label_column: str | None = field(default=None, **_help("Label column (detected if not given; only for k-NN)."))
+    streaming: bool = field(default=True, **_help("Stream the dataset instead of downloading it first."))
+    shuffle_buffer_size: int = field(default=10_000, **_help("Records in the streaming shuffle buffer."))
+    num_workers: int = field(default=8, **_help("DataLoader worker processes that decode images, per process."))
+    max_bad_fraction: float = field(
+        default=0.5, **_help("Stop with an error when more than this fraction of records cannot be decoded.")
+    )
+    global_crops_size: int = field(default=224, **_help("Side of the global crops (also the model's image_size)."))
+    local_crops_size: int = field(default=96, **_help("Side of the local crops."))
+    global_crops_scale: tuple[float, float] = field(
+        default=(0.4, 1.0), **_help("Area range of the global crops, as a fraction of the image.")
+    )
+    local_crops_scale: tuple[float, float] = field(
+        default=(0.05, 0.4), **_help("Area range of the local crops, as a fraction of the image.")
+    )
+    local_crops_number: int = field(default=10, **_help("Local crops per image (0 disables multi-crop)."))
+    knn_every_steps: int = field(
+        default=0,
+        **_help("Run a k-NN evaluation of the teacher every this many steps (0: only at the end if labels)."),
+    )
+    knn_dataset_name: str | None = field(
+        default=None, **_help("Labelled dataset for the k-NN monitor (defaults to --dataset_name).")
+    )
+    knn_train_split: str = field(default="train", **_help("Split whose features form the k-NN memory bank."))
+    knn_eval_split: str = field(default="validation", **_help("Split classified by k-NN."))
+    knn_train_samples: int = field(default=10_000, **_help("Memory-bank images for the k-NN monitor."))
+    knn_eval_samples: int = field(default=2_000, **_help("Query images for the k-NN monitor."))
+    knn_k: int = field(default=20, **_help("Neighbours of the k-NN monitor."))
+
+
+@dataclass
+class DinoTrainingArguments:
+    output_dir: str = field(default="outputs/dino", **_help("Checkpoints, logs and the exported model go here."))
+    seed: int = field(default=0, **_help("Random seed (each process and worker derives its own from it)."))
+    per_device_train_batch_size: int = field(default=64, **_help("Images per process and step."))
+    epochs: int = field(default=100, **_help("Length of the schedules, in epochs."))
+    steps_per_epoch: int | None = field(
+        default=None,
+        **_help("Optimizer steps per epoch; defaults to dataset size / total batch (needed for streams)."),
+    )
+    max_steps: int = field(default=-1, **_help("Stop after this many steps (the schedules still span --epochs)."))
+    lr: float = field(
+        default=5e-4, **_help("Peak learning rate at a total batch of 256; scaled linearly with the total batch.")
+    )
+    min_lr: float = field(default=1e-6, **_help("Final learning rate of the cosine schedule."))
+    warmup_epochs: float = field(default=10, **_help("Linear learning-rate warm-up, in epochs."))
+    weight_decay: float = field(default=0.04, **_help("Initial weight decay (cosine schedule)."))
+    weight_decay_end: float = field(default=0.4, **_help("Final weight decay."))
+    momentum_teacher: float = field(default=0.996, **_help("Initial teacher EMA momentum (cosine to 1)."))
+    teacher_temp: float = field(default=0.07, **_help("Teacher temperature after the warm-up."))
+    warmup_teacher_temp: float = field(default=0.04, **_help("Initial teacher temperature."))
+    warmup_teacher_temp_epochs: int = field(default=30, **_help("Epochs of linear teacher-temperature warm-up."))
+    clip_grad: float = field(default=3.0, **_help("Maximum gradient norm (0 disables clipping)."))
+    clip_grad_mode: str = field(
+        default="per_parameter",
+        **_help(
+            "per_parameter: clip each parameter's gradient separately (the reference's behaviour, default, so "
+            "results match the paper); global: clip the joint norm of all gradients (torch's clip_grad_norm_)."
+        ),
+    )
+    freeze_last_layer: float = field(default=1, **_help("Epochs during which the head's last layer is frozen."))
+    mixed_precision: str = field(
+        default="auto",
+        **_help("no, fp16, bf16 (accelerate's spelling) or auto: bf16 where the GPU has it, else fp16; no on CPU."),
+    )
+    logging_steps: int = field(default=10, **_help("Log metrics every this many steps."))
+    checkpointing_steps: int = field(
+        default=1000, **_help("Save a checkpoint every this many steps (and at the end).")
+    )
+    save_total_limit: int = field(default=2, **_help("Keep only this many checkpoints."))
+    resume_from_checkpoint: str | None = field(
+        default=None, **_help("'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from.")
+    )
+    report_to: str = field(
+        default="none",
+        **_help("Trackers for accelerate.log: none, all, or a comma list (tensorboard, wandb, trackio, ...)."),
+    )
+    export_vit_model: bool = field(
+        default=False,
+        **_help("Also export the teacher backbone as a plain transformers ViTModel in <output_dir>/vit."),
+    )
+    push_to_hub: bool = field(default=False, **_help("Upload the exported model, processor and card to the Hub."))
+    hub_model_id: str | None = field(default=None, **_help("Hub repository for --push_to_hub (user/name)."))
+    hub_private_repo: bool = field(default=False, **_help("Create the Hub repository as private."))
+    hub_token: str | None = field(default=None, **_help("Hub token (defaults to the logged-in one)."))
+    progress_bar: bool = field(default=True, **_help("Show a tqdm progress bar."))
+
+    def __post_init__(self):
+        if self.clip_grad_mode not in ("per_parameter", "global"):
+            raise ValueError(f"--clip_grad_mode must be per_parameter or global, got {self.clip_grad_mode!r}.")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ValueError(f"--mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if self.per_device_train_batch_size <= 0:
+            raise ValueError("--per_device_train_batch_size must be positive.")

@@ -1,0 +1,229 @@
+"""Training checkpoints that resume exactly, written atomically, with no pickle anywhere.
+
+A checkpoint is a folder `checkpoint-<step>/`:
+
+| file | content |
+|---|---|
+| `model.safetensors` | student, teacher and center (`DinoForSelfDistillation.state_dict()`) |
+| `optimizer.safetensors`, `optimizer.json` | the optimizer's tensors and the rest of its state dict |
+| `rng_state_<rank>.safetensors`, `rng_state_<rank>.json` | every random generator of each process |
+| `trainer_state.json` | step, data-stream position of each process, grad-scaler state, metrics, arguments |
+
+It is written into a hidden temporary folder and renamed into place only when complete, so a run killed while
+saving leaves the previous checkpoint as the latest loadable one. Only the last `save_total_limit` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tensors + JSON instead of pickle
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor in a nested structure by a `{"__tensor__": key}` reference collected in `tensors`."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix.strip(".") or "value"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"Cannot serialise dict keys of types {sorted({type(k).__name__ for k in obj})}.")
+        return {
+            "__dict__": [[k, _split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()],
+        }
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj).removeprefix("torch.")}
+    raise TypeError(f"Cannot serialise {type(obj).__name__} without pickle.")
+
+
+def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {k: _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
+        if "__dtype__" in obj:
+            return getattr(torch, obj["__dtype__"])
+        raise ValueError(f"Unknown serialised object with keys {sorted(obj)}.")
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def save_structure(obj: Any, directory: Path, name: str) -> None:
+    """Write a nested structure of tensors and plain values as `<name>.safetensors` + `<name>.json`."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(obj, "", tensors)
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    _write_json(directory / f"{name}.json", skeleton)
+
+
+def load_structure(directory: Path, name: str, device: str | torch.device = "cpu") -> Any:
+    tensors = load_file(str(directory / f"{name}.safetensors"), device=str(device))
+    return _join_tensors(json.loads((directory / f"{name}.json").read_text()), tensors)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with open(path, "w") as handle:
+        json.dump(value, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Random number generators
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Every generator a training step draws from: python, numpy, torch (CPU and accelerators) and named extras."""
+    numpy_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    for name, generator in (generators or {}).items():
+        state[f"generator_{name}"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
+    for name, generator in (generators or {}).items():
+        key = f"generator_{name}"
+        if key not in state:
+            raise KeyError(f"The checkpoint has no state for the generator {name!r}.")
+        generator.set_state(state[key].cpu())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoint folders
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under `output_dir`, oldest first. Temporary folders of unfinished writes are ignored."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / TRAINER_STATE_NAME).exists():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """`"latest"` -> the newest complete checkpoint in `output_dir`; a path -> that checkpoint (checked)."""
+    if str(spec) == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}.")
+        return checkpoints[-1]
+    path = Path(spec)
+    if not (path / TRAINER_STATE_NAME).exists():
+        raise FileNotFoundError(f"{path} is not a complete dino_hf checkpoint (no {TRAINER_STATE_NAME}).")
+    return path
+
+
+def staging_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    """The temporary folder a checkpoint is written into (the same for every process)."""
+    return Path(output_dir) / f".{CHECKPOINT_PREFIX}{step}.tmp"
+
+
+def begin_checkpoint(output_dir: str | os.PathLike, step: int) -> Path:
+    """Create an empty staging folder (main process only)."""
+    staging = staging_dir(output_dir, step)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def save_model_and_optimizer(
+    staging: Path, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]
+) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(staging / "model.safetensors"))
+    save_structure(optimizer_state, staging, "optimizer")
+
+
+def save_rng(staging: Path, rank: int, generators: dict[str, torch.Generator] | None = None) -> None:
+    save_structure(capture_rng_state(generators), staging, f"rng_state_{rank}")
+
+
+def finish_checkpoint(
+    output_dir: str | os.PathLike, step: int, trainer_state: dict[str, Any], save_total_limit: int | None = None
+) -> Path:
+    """Write the trainer state last, rename the staging folder into place, then drop the oldest checkpoints."""
+    staging = staging_dir(output_dir, step)
+    _write_json(staging / TRAINER_STATE_NAME, trainer_state)
+    for child in staging.iterdir():
+        with open(child, "rb") as handle:
+            os.fsync(handle.fileno())
+    target = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    if save_total_limit is not None and save_total_limit > 0:
+        for old in list_checkpoints(output_dir)[:-save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+
+
+def load_model_state(checkpoint: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"), device=str(device))
+
+
+def load_optimizer_state(checkpoint: Path) -> dict[str, Any]:
+    return load_structure(checkpoint, "optimizer")
+
+
+def load_rng(checkpoint: Path, rank: int, generators: dict[str, torch.Generator] | None = None) -> None:
+    path = checkpoint / f"rng_state_{rank}.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{checkpoint} has no random state for process {rank}; resume with the number of processes it was "
+            "saved with."
+        )
+    restore_rng_state(load_structure(checkpoint, f"rng_state_{rank}"), generators)

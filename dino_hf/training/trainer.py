@@ -1,0 +1,506 @@
+"""DINO pretraining on accelerate: one `Accelerator`, `prepare`, `accelerator.backward`.
+
+Read `pretrain` top to bottom: set-up, resume, the step (augment on the device -> teacher and student -> loss ->
+backward -> clip -> optimizer -> EMA), logging, checkpoints, k-NN, export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from ..configuration_dino import DinoConfig
+from ..data import DinoMultiCropAugmentation, MultiCropConfig, build_pretraining_loader, load_image_dataset
+from ..modeling_dino import DinoForSelfDistillation
+from . import checkpointing as ckpt
+from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
+from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError
+from .optimization import (
+    cancel_last_layer_gradients,
+    clip_gradients_global,
+    clip_gradients_per_parameter,
+    create_optimizer,
+    gradient_norm,
+    set_optimizer_values,
+)
+from .schedules import DinoSchedules
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainingResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    global_step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    export_dir: Path | None = None
+    data_stats: dict[str, Any] = field(default_factory=dict)
+    model: DinoForSelfDistillation | None = None
+
+
+def resolve_mixed_precision(mode: str) -> str:
+    """`auto`: bf16 on GPUs that have it, fp16 (with loss scaling) on other GPUs, fp32 on CPU."""
+    if mode != "auto":
+        return mode
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def build_model_config(model_args: DinoModelArguments, data_args: DinoDataArguments) -> DinoConfig:
+    overrides: dict[str, Any] = {
+        "image_size": data_args.global_crops_size,
+        "out_dim": model_args.out_dim,
+        "norm_last_layer": model_args.norm_last_layer,
+        "use_bn_in_head": model_args.use_bn_in_head,
+        "drop_path_rate": model_args.drop_path_rate,
+    }
+    for item in filter(None, (model_args.config_overrides or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in DinoConfig.__dataclass_fields__:
+            raise ValueError(f"--config_overrides: DinoConfig has no field {key!r}.")
+        overrides[key] = _parse_scalar(value.strip())
+    return DinoConfig.from_preset(model_args.arch, patch_size=model_args.patch_size, **overrides)
+
+
+def _parse_scalar(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
+    return MultiCropConfig(
+        global_crops_size=data_args.global_crops_size,
+        local_crops_size=data_args.local_crops_size,
+        global_crops_scale=tuple(data_args.global_crops_scale),
+        local_crops_scale=tuple(data_args.local_crops_scale),
+        local_crops_number=data_args.local_crops_number,
+    )
+
+
+def compile_blocks(model: DinoForSelfDistillation) -> None:
+    """Regional compilation: every transformer block shares one compiled graph, so compiling takes seconds."""
+    for network in (model.student, model.teacher):
+        for layer in network.backbone.encoder.layer:
+            layer.compile(dynamic=False)
+
+
+StepCallback = Callable[[int, Any, Any], None]
+
+
+def pretrain(
+    model_args: DinoModelArguments,
+    data_args: DinoDataArguments,
+    training_args: DinoTrainingArguments,
+    step_callback: StepCallback | None = None,
+) -> PretrainingResult:
+    """Pretrain DINO; returns where the checkpoints and the exported teacher backbone are, and the metrics.
+
+    `step_callback(global_step, batch, output)`, if given, runs after every optimizer step and EMA update (on every
+    process), e.g. to inspect the batches or stop the run by raising.
+    """
+    # ----------------------------------------------------------------------------------------------- set-up
+    output_dir = Path(training_args.output_dir)
+    report_to = [] if training_args.report_to == "none" else training_args.report_to.split(",")
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(training_args.mixed_precision),
+        log_with=report_to or None,
+        project_dir=str(output_dir),
+        # The center is all-reduced inside forward, and the teacher is not trained: no buffer broadcasts needed.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    set_seed(training_args.seed)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    source = load_image_dataset(
+        data_args.dataset_name,
+        split=data_args.train_split,
+        data_files=data_args.data_files,
+        streaming=data_args.streaming,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+    )
+    total_batch = training_args.per_device_train_batch_size * world_size
+    steps_per_epoch = training_args.steps_per_epoch
+    if steps_per_epoch is None:
+        if source.num_examples is None:
+            raise ValueError(
+                f"The size of {data_args.dataset_name!r} is unknown (a stream without metadata): pass "
+                "--steps_per_epoch (e.g. 1281167 // total batch for ImageNet-1k)."
+            )
+        steps_per_epoch = max(1, source.num_examples // total_batch)
+    schedules = DinoSchedules(
+        steps_per_epoch=steps_per_epoch,
+        epochs=training_args.epochs,
+        lr=training_args.lr * total_batch / 256.0,
+        min_lr=training_args.min_lr,
+        warmup_epochs=training_args.warmup_epochs,
+        weight_decay=training_args.weight_decay,
+        weight_decay_end=training_args.weight_decay_end,
+        momentum_teacher=training_args.momentum_teacher,
+        warmup_teacher_temp=training_args.warmup_teacher_temp,
+        teacher_temp=training_args.teacher_temp,
+        warmup_teacher_temp_epochs=training_args.warmup_teacher_temp_epochs,
+        freeze_last_layer=training_args.freeze_last_layer,
+    )
+    max_steps = schedules.total_steps if training_args.max_steps < 0 else training_args.max_steps
+
+    config = build_model_config(model_args, data_args)
+    if model_args.model_name_or_path:
+        model = DinoForSelfDistillation.from_pretrained(
+            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
+        )
+    else:
+        config._attn_implementation = model_args.attn_implementation
+        model = DinoForSelfDistillation(config)
+    if model_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(accelerator.device)
+    optimizer = create_optimizer(model.student, lr=schedules.lr, weight_decay=schedules.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    dino: DinoForSelfDistillation = accelerator.unwrap_model(model)
+    if model_args.torch_compile:
+        compile_blocks(dino)
+
+    augment = DinoMultiCropAugmentation(multicrop_config(data_args)).to(accelerator.device)
+    # Each process draws different crops; the seed makes them reproducible.
+    generator = torch.Generator(device=accelerator.device).manual_seed(training_args.seed * 1000 + rank)
+
+    # ----------------------------------------------------------------------------------------------- resume
+    global_step, history, stream_state = 0, [], None
+    if training_args.resume_from_checkpoint:
+        checkpoint = ckpt.resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
+        state = ckpt.load_trainer_state(checkpoint)
+        if state["world_size"] != world_size:
+            raise ValueError(
+                f"{checkpoint} was saved by {state['world_size']} processes; resume with the same number "
+                f"(now {world_size}) so every process continues its own part of the data stream."
+            )
+        dino.load_state_dict(ckpt.load_model_state(checkpoint, accelerator.device))
+        optimizer.load_state_dict(ckpt.load_optimizer_state(checkpoint))
+        if state.get("scaler") and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        ckpt.load_rng(checkpoint, rank, {"augment": generator})
+        global_step, history = state["global_step"], state["history"]
+        stream_state = state["stream_states"][rank]
+        logger.info("Resumed from %s at step %d.", checkpoint, global_step)
+
+    loader = build_pretraining_loader(
+        source,
+        training_args.per_device_train_batch_size,
+        num_workers=data_args.num_workers,
+        seed=training_args.seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
+        resume_state=stream_state,
+        max_bad_fraction=data_args.max_bad_fraction,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+
+    if report_to:
+        accelerator.init_trackers(
+            "dino_hf", config={**asdict(model_args), **asdict(data_args), **asdict(training_args)}
+        )
+    knn_monitor = _make_knn_monitor(data_args, dino, accelerator)
+    collapse = CollapseMonitor(out_dim=dino.config.out_dim)
+    metrics = MetricAccumulator()
+    data_stats = _DataStatsLog()
+    student_params = [p for p in dino.student.parameters() if p.requires_grad]
+    progress = tqdm(
+        total=max_steps,
+        initial=global_step,
+        disable=not (accelerator.is_main_process and training_args.progress_bar),
+        desc="pretraining",
+        unit="step",
+    )
+    logger.info(
+        "Pretraining %s (%.1fM parameters per network) on %s: %d processes x %d images, %d steps/epoch, %d steps.",
+        model_args.arch,
+        sum(p.numel() for p in dino.student.parameters()) / 1e6,
+        source.name,
+        world_size,
+        training_args.per_device_train_batch_size,
+        steps_per_epoch,
+        max_steps,
+    )
+
+    # ----------------------------------------------------------------------------------------------- loop
+    model.train()
+    window_start, window_images = time.perf_counter(), 0
+    last_stream_state = stream_state
+    for batch in loader:
+        if global_step >= max_steps:
+            break
+        values = schedules(global_step)
+        set_optimizer_values(optimizer, values.lr, values.weight_decay)
+        data_stats.add(batch.stats)
+
+        batch = batch.to(accelerator.device, non_blocking=True)
+        crops = augment(batch.images, batch.sizes, generator=generator)
+        output = model(crops.global_crops, crops.local_crops, teacher_temp=values.teacher_temp)
+        accelerator.backward(output.loss)
+
+        if accelerator.scaler is not None:
+            accelerator.unscale_gradients()
+        if training_args.clip_grad > 0:
+            clip = clip_gradients_per_parameter if training_args.clip_grad_mode == "per_parameter" else None
+            grad_norm = (clip or clip_gradients_global)(student_params, training_args.clip_grad)
+        else:
+            grad_norm = gradient_norm(student_params)
+        if values.freeze_last_layer:
+            cancel_last_layer_gradients(dino.student)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dino.update_teacher(values.momentum)
+
+        global_step += 1
+        last_stream_state = batch.stream_state
+        window_images += batch.images.shape[0] * world_size
+        metrics.add(
+            loss=output.loss,
+            teacher_entropy=output.teacher_entropy,
+            kl_divergence=output.kl_divergence,
+            teacher_mean_entropy=output.teacher_mean_entropy,
+            grad_norm=grad_norm,
+        )
+        progress.update(1)
+
+        # ------------------------------------------------------------------------------ logging
+        if global_step % training_args.logging_steps == 0 or global_step == max_steps:
+            means, non_finite = metrics.pop()
+            if non_finite:
+                raise NonFiniteLossError(
+                    f"The loss became NaN or infinite between steps {global_step - training_args.logging_steps} "
+                    f"and {global_step}; the run stopped and the last checkpoint in {output_dir} is untouched. "
+                    + NON_FINITE_ADVICE
+                )
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": global_step,
+                "epoch": round(values.epoch, 4),
+                **{k: round(v, 6) for k, v in means.items()},
+                "lr": values.lr,
+                "weight_decay": values.weight_decay,
+                "momentum": values.momentum,
+                "teacher_temp": values.teacher_temp,
+                "images_per_second": round(window_images / max(elapsed, 1e-9), 2),
+            }
+            history.append(record)
+            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=global_step)
+            if accelerator.is_main_process:
+                progress.set_postfix(
+                    loss=f"{means['loss']:.3f}",
+                    H=f"{means['teacher_entropy']:.2f}",
+                    img_s=f"{record['images_per_second']:.0f}",
+                )
+                logger.info(_format_record(record))
+                collapse.check(means["teacher_entropy"], means["teacher_mean_entropy"], global_step)
+                data_stats.report()
+            window_start, window_images = time.perf_counter(), 0
+
+        if knn_monitor is not None and data_args.knn_every_steps and global_step % data_args.knn_every_steps == 0:
+            accuracy = knn_monitor(dino.teacher.backbone)
+            history.append({"step": global_step, "knn_top1": accuracy})
+            accelerator.log({"eval/knn_top1": accuracy}, step=global_step)
+            logger.info("step %d: k-NN top-1 %.2f%%", global_step, 100 * accuracy)
+
+        if global_step % training_args.checkpointing_steps == 0 and global_step < max_steps:
+            _save_checkpoint(
+                accelerator,
+                dino,
+                optimizer,
+                generator,
+                output_dir,
+                global_step,
+                last_stream_state,
+                history,
+                training_args,
+                world_size,
+            )
+
+    progress.close()
+    _save_checkpoint(
+        accelerator,
+        dino,
+        optimizer,
+        generator,
+        output_dir,
+        global_step,
+        last_stream_state,
+        history,
+        training_args,
+        world_size,
+    )
+
+    # ----------------------------------------------------------------------------------------------- the end
+    final_metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+    if knn_monitor is not None:
+        final_metrics["knn_top1"] = knn_monitor(dino.teacher.backbone)
+        logger.info("Final k-NN top-1 of the teacher: %.2f%%", 100 * final_metrics["knn_top1"])
+    result = PretrainingResult(
+        output_dir=output_dir,
+        global_step=global_step,
+        history=history,
+        final_metrics=final_metrics,
+        data_stats=data_stats.totals(),
+    )
+    if accelerator.is_main_process:
+        from .export import export_pretrained, push_to_hub
+
+        result.export_dir = export_pretrained(
+            dino,
+            output_dir,
+            crop_config=multicrop_config(data_args),
+            training_summary=_training_summary(model_args, data_args, training_args, result, world_size),
+            export_vit_model=training_args.export_vit_model,
+        )
+        if training_args.push_to_hub:
+            push_to_hub(
+                result.export_dir,
+                training_args.hub_model_id,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+            )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _save_checkpoint(
+    accelerator: Accelerator,
+    dino: DinoForSelfDistillation,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    output_dir: Path,
+    global_step: int,
+    stream_state: dict | None,
+    history: list[dict],
+    training_args: DinoTrainingArguments,
+    world_size: int,
+) -> None:
+    """Atomic checkpoint: every process writes its random state into the staging folder, the main process the rest."""
+    # A non-finite model must never replace the last good checkpoint.
+    finite = torch.stack([torch.isfinite(p).all() for p in dino.parameters()]).all()
+    if not bool(finite):
+        raise NonFiniteLossError(
+            f"Parameters are NaN or infinite at step {global_step}; not saving. " + NON_FINITE_ADVICE
+        )
+    stream_states = gather_object([stream_state]) if world_size > 1 else [stream_state]
+    if accelerator.is_main_process:
+        staging = ckpt.begin_checkpoint(output_dir, global_step)
+    accelerator.wait_for_everyone()
+    staging = ckpt.staging_dir(output_dir, global_step)
+    ckpt.save_rng(staging, accelerator.process_index, {"augment": generator})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.save_model_and_optimizer(staging, dino.state_dict(), optimizer.state_dict())
+        trainer_state = {
+            "global_step": global_step,
+            "world_size": world_size,
+            "stream_states": stream_states,
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "history": history,
+            "args": asdict(training_args),
+        }
+        path = ckpt.finish_checkpoint(output_dir, global_step, trainer_state, training_args.save_total_limit)
+        logger.info("Saved %s", path)
+    accelerator.wait_for_everyone()
+
+
+def _format_record(record: dict) -> str:
+    parts = [f"step {record['step']}"]
+    for key in (
+        "epoch",
+        "loss",
+        "teacher_entropy",
+        "kl_divergence",
+        "teacher_mean_entropy",
+        "grad_norm",
+        "lr",
+        "weight_decay",
+        "momentum",
+        "teacher_temp",
+        "images_per_second",
+    ):
+        if key in record:
+            value = record[key]
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return " | ".join(parts)
+
+
+class _DataStatsLog:
+    """Accumulates the data loader's bad-record counters and reports new ones in the training log."""
+
+    def __init__(self) -> None:
+        self._total = None
+        self._reported_skipped = 0
+
+    def add(self, stats) -> None:
+        if stats is None:
+            return
+        self._total = stats if self._total is None else self._total.merge(stats)
+
+    def report(self) -> None:
+        if self._total is None:
+            return
+        skipped = self._total.skipped
+        if skipped > self._reported_skipped:
+            logger.warning("Data: %s", self._total.summary())
+            self._reported_skipped = skipped
+
+    def totals(self) -> dict[str, Any]:
+        return self._total.as_dict() if self._total is not None else {}
+
+
+def _make_knn_monitor(data_args: DinoDataArguments, dino: DinoForSelfDistillation, accelerator: Accelerator):
+    """A callable `backbone -> k-NN top-1` on a labelled subset, or None when no labelled data is available."""
+    from ..evaluation.knn_monitor import KnnMonitor
+
+    return KnnMonitor.from_arguments(data_args, image_size=dino.config.image_size, accelerator=accelerator)
+
+
+def _training_summary(
+    model_args: DinoModelArguments,
+    data_args: DinoDataArguments,
+    training_args: DinoTrainingArguments,
+    result: PretrainingResult,
+    world_size: int,
+) -> dict[str, Any]:
+    return {
+        "arch": model_args.arch,
+        "patch_size": model_args.patch_size,
+        "dataset_name": data_args.dataset_name,
+        "global_step": result.global_step,
+        "world_size": world_size,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "epochs": training_args.epochs,
+        "crops": f"{2}x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
+        "final_metrics": result.final_metrics,
+        "args": {**asdict(model_args), **asdict(data_args), **asdict(training_args)},
+        "math_isfinite": all(math.isfinite(v) for v in result.final_metrics.values() if isinstance(v, float)),
+    }
