@@ -3,9 +3,11 @@
 - [`knn_classify`], [`knn_evaluate`]: the paper's weighted k-NN classifier, chunked for large training sets.
 - [`LinearClassifier`], [`LinearProbeConfig`], [`extract_linear_features`], [`train_linear_probe`],
   [`evaluate_linear_probe`]: linear evaluation on frozen features, on accelerate.
+- [`attention_maps`], [`threshold_attention`], [`save_attention_grid`]: the last block's [CLS] attention per head.
 - [`load_metric`], [`top_k_accuracies`]: offline `evaluate` metrics.
 """
 
+from .attention import attention_maps, prepare_image, save_attention_grid, threshold_attention
 from .knn import knn_classify, knn_evaluate
 from .linear import (
     LinearClassifier,
@@ -23,11 +25,15 @@ __all__ = [
     "LinearClassifier",
     "LinearProbeConfig",
     "LinearProbeResult",
+    "attention_maps",
     "evaluate_linear_probe",
     "extract_linear_features",
     "knn_classify",
     "knn_evaluate",
     "load_metric",
+    "prepare_image",
+    "save_attention_grid",
+    "threshold_attention",
     "top_k_accuracies",
     "train_linear_probe",
     "unpack_batch",
