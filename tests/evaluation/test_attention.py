@@ -1,6 +1,8 @@
 """Attention maps: the reference's numbers, the 60% masks against brute force, and the PNG grid."""
 
+import importlib.util
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from dino_hf import DinoViTModel
+from dino_hf import DinoForSelfDistillation, DinoViTModel
 from dino_hf.conversion import convert_reference_backbone_state_dict
 from dino_hf.evaluation import attention_maps, prepare_image, save_attention_grid, threshold_attention
 from dino_hf.evaluation.attention import colorize
@@ -112,3 +114,17 @@ def test_prepare_image_keeps_the_aspect_ratio_and_crops_to_the_patch_grid():
     assert image.size == (80, 48) and pixels.shape == (1, 3, 48, 80)
     torch.testing.assert_close(pixels[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
 
+
+def test_visualize_attention_example_on_a_training_run_folder(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "visualize_attention", Path(__file__).parents[2] / "examples" / "visualize_attention.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    DinoForSelfDistillation(tiny_config()).save_pretrained(tmp_path / "run")  # the teacher backbone is used
+    path = example.main(
+        ["--model_name_or_path", str(tmp_path / "run"), "--image_size", "40", "--output_dir", str(tmp_path / "out")]
+    )
+    grid = Image.open(path)
+    # Demo image 480x480 -> shorter side 40 -> 40x40 (5x5 patches of 8); 1 + 4 heads, 2 rows, 4px padding.
+    assert grid.size == (5 * 40 + 4 * 4, 2 * 40 + 4)
