@@ -26,6 +26,7 @@ Command line: `python -m dino_hf.conversion --help`.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import pickle
 import re
@@ -422,6 +423,7 @@ def from_official_checkpoint(
     ```
     """
     source = str(path_or_state_dict) if not isinstance(path_or_state_dict, Mapping) else "The state dict"
+    config = copy.deepcopy(config)  # architectures is set on it below; the caller's object stays as it was
     flat, args = _split_training_state(_read(path_or_state_dict, allow_unpickling))
     if checkpoint_key is not None:
         selected = _select(flat, checkpoint_key)
@@ -462,7 +464,7 @@ def from_timm_checkpoint(path_or_state_dict: PathOrStateDict, config: DinoConfig
             "num_classes=0). Remove the head.* entries to convert the backbone alone."
         )
     backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
-    return _backbone_from_reference_layout(backbone, config, source)
+    return _backbone_from_reference_layout(backbone, copy.deepcopy(config), source)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

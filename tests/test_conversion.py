@@ -80,8 +80,10 @@ def test_reference_backbone_reproduces_reference_outputs(reference, tmp_path, wr
     if wrap == "ddp":  # a backbone saved from the DDP-wrapped network
         state = {f"module.backbone.{k}": v for k, v in state.items()}
     torch.save(state, tmp_path / "dino_pretrain.pth")
-    model = from_official_checkpoint(tmp_path / "dino_pretrain.pth", tiny_config())
+    config = tiny_config()
+    model = from_official_checkpoint(tmp_path / "dino_pretrain.pth", config)
     assert type(model) is DinoViTModel and not model.training
+    assert model.config.architectures == ["DinoViTModel"] and config.architectures is None  # the caller's untouched
     with torch.no_grad():
         for size in SIZES:
             assert max_diff(model(reference[f"input.{size}"]).pooler_output, reference[f"output.cls.{size}"]) < 1e-5
