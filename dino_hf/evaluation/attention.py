@@ -1,0 +1,265 @@
+"""Self-attention maps of the last block: the [CLS] token's attention to the patches, per head (the paper's Fig. 1).
+
+The masks keep, per head, the smallest set of patches that holds a given fraction (60% in the paper) of the [CLS]
+token's attention to the patches. The PNG grid needs only PIL and numpy (no matplotlib): its colormap is a
+piecewise-linear approximation of viridis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..modeling_dino import DinoViTModel
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# viridis at 0, 1/8, ..., 1 (RGB, 0-255).
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 145, 140],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
+# One colour per head for the mask overlays (cycled beyond ten heads).
+_MASK_COLOURS = np.array(
+    [
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+    ],
+    dtype=np.float64,
+)
+
+
+@torch.no_grad()
+def attention_maps(model: DinoViTModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The last block's [CLS]->patch attention of every head, on the patch grid.
+
+    Works whatever attention implementation the model runs (only the last block computes explicit weights, see
+    [`DinoViTModel.get_last_selfattention`]). The values are attention probabilities: with the [CLS]->[CLS] weight
+    they sum to 1 over the patches.
+
+    Args:
+        model: the backbone.
+        pixel_values: `(B, 3, H, W)` normalised images, `H` and `W` multiples of the patch size.
+
+    Returns:
+        `(B, heads, H / patch, W / patch)`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoConfig, DinoViTModel
+    >>> from dino_hf.evaluation import attention_maps
+    >>> model = DinoViTModel(DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+    ...                                 num_attention_heads=4)).eval()
+    >>> attention_maps(model, torch.randn(1, 3, 32, 48)).shape
+    torch.Size([1, 4, 4, 6])
+    ```
+    """
+    patch_size = model.config.patch_size
+    height, width = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
+    attentions = model.get_last_selfattention(pixel_values)
+    return attentions[:, :, 0, 1:].reshape(attentions.shape[0], attentions.shape[1], height, width)
+
+
+def threshold_attention(attentions: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
+    """Boolean masks of the smallest set of patches holding at least `mass` of each map's attention.
+
+    Per map (the last two dimensions), the patches are taken in decreasing order of attention until their sum
+    reaches `mass` times the map's total (the [CLS] token's own weight is not part of the maps), as in the reference's
+    `visualize_attention.py`.
+
+    Args:
+        attentions: `(..., h, w)` non-negative maps, e.g. from [`attention_maps`].
+        mass: the fraction of the attention to keep, in (0, 1].
+
+    Returns:
+        A boolean tensor shaped like `attentions`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> threshold_attention(torch.tensor([[0.5, 0.3], [0.1, 0.1]]), mass=0.6).int()
+    tensor([[1, 1],
+            [0, 0]], dtype=torch.int32)
+    ```
+    """
+    if not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass must be in (0, 1], got {mass}.")
+    flat = attentions.flatten(-2).double()
+    values, order = flat.sort(dim=-1, descending=True)
+    fractions = values / values.sum(dim=-1, keepdim=True)
+    # A patch is kept while the mass before it is still short of the target.
+    keep_sorted = (fractions.cumsum(dim=-1) - fractions) < mass
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return keep.reshape(attentions.shape)
+
+
+def prepare_image(
+    image: Image.Image,
+    image_size: int | Sequence[int] | None,
+    patch_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[Image.Image, torch.Tensor]:
+    """Resize an image for attention maps and crop it to a multiple of the patch size.
+
+    Args:
+        image: a PIL image (converted to RGB).
+        image_size: `(height, width)`, or one int for the shorter side (aspect ratio kept), or `None` to keep the size.
+            Resizing is bicubic.
+        patch_size: the model's patch size; the image is center-cropped to the largest multiple of it.
+
+    Returns:
+        The resized, cropped RGB image and its `(1, 3, H, W)` normalised pixel values.
+    """
+    image = image.convert("RGB")
+    if image_size is not None:
+        if isinstance(image_size, int):
+            scale = image_size / min(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        else:
+            size = (int(image_size[1]), int(image_size[0]))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    width, height = (side - side % patch_size for side in image.size)
+    if width == 0 or height == 0:
+        raise ValueError(f"The image ({image.width}x{image.height}) is smaller than one {patch_size}px patch.")
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return image, torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def colorize(values: np.ndarray) -> np.ndarray:
+    """`(h, w)` values -> `(h, w, 3)` uint8 viridis colours, after scaling the values to [0, 1] (min to max)."""
+    values = np.asarray(values, dtype=np.float64)
+    span = values.max() - values.min()
+    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    anchors = np.linspace(0.0, 1.0, len(_VIRIDIS))
+    channels = [np.interp(scaled, anchors, _VIRIDIS[:, c]) for c in range(3)]
+    return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
+
+
+def _upsample(grid: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upsampling of the patch grid to pixels (each patch becomes a `factor x factor` square)."""
+    return grid.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend `colour` (`(3,)`, or `(H, W, 3)` per pixel) into the image where `mask` is on."""
+    colour = np.broadcast_to(colour, image.shape)
+    blended = image.astype(np.float64)
+    blended[mask] = (1.0 - alpha) * blended[mask] + alpha * colour[mask]
+    return np.rint(blended).astype(np.uint8)
+
+
+def save_attention_grid(
+    image: Image.Image | np.ndarray,
+    attentions: torch.Tensor | np.ndarray,
+    masks: torch.Tensor | np.ndarray | None,
+    path: str | Path,
+    *,
+    alpha: float = 0.5,
+    padding: int = 4,
+) -> Image.Image:
+    """Write a PNG grid: the image and each head's attention map; below, the thresholded masks over the image.
+
+    Layout, with `n` heads: the first row holds the image, then the `n` maps (nearest-upsampled from the patch grid
+    to the image size, viridis, each scaled to its own min-max); the second row (when `masks` is given) holds the
+    image with all heads' masks overlaid (one colour per head, averaged where heads overlap), then each head's mask
+    over the image. Tiles are
+    separated by `padding` white pixels, so the PNG is `(1 + n) * W + n * padding` wide and
+    `rows * H + (rows - 1) * padding` high.
+
+    Args:
+        image: the RGB image the maps were computed on (PIL or `(H, W, 3)` uint8), `H` and `W` multiples of the
+            patch grid's `h` and `w` by the same factor (the patch size).
+        attentions: `(heads, h, w)` maps of that image, e.g. `attention_maps(model, pixel_values)[0]`.
+        masks: `(heads, h, w)` booleans, e.g. `threshold_attention(maps)`, or `None` for the first row only.
+        path: where to write the PNG (parent folders are created).
+        alpha: opacity of the mask colours.
+        padding: white pixels between tiles.
+
+    Returns:
+        The grid as a PIL image.
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    maps = attentions.detach().cpu().float().numpy() if isinstance(attentions, torch.Tensor) else attentions
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or maps.ndim != 3:
+        raise ValueError(
+            f"Expected an (H, W, 3) image and (heads, h, w) attentions, got {pixels.shape} and {maps.shape}."
+        )
+    (height, width), (num_heads, grid_h, grid_w) = pixels.shape[:2], maps.shape
+    factor = height // grid_h
+    if height != factor * grid_h or width != factor * grid_w:
+        raise ValueError(
+            f"The image ({height}x{width}) is not the {grid_h}x{grid_w} patch grid times one patch size; pass the "
+            "image the maps were computed on (e.g. from prepare_image)."
+        )
+    top = [pixels] + [colorize(_upsample(m, factor)) for m in maps]
+    rows = [top]
+    if masks is not None:
+        masks = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+        if masks.shape != maps.shape:
+            raise ValueError(f"masks {masks.shape} must be shaped like the attentions {maps.shape}.")
+        masks = [_upsample(m.astype(bool), factor) for m in masks]
+        colours = [_MASK_COLOURS[i % len(_MASK_COLOURS)] for i in range(num_heads)]
+        # Where heads overlap, their colours are averaged, so every head stays visible in the summary tile.
+        stacked = np.stack(masks).astype(np.float64)[..., None]
+        coverage = stacked.sum(axis=0)
+        mean_colour = (stacked * np.stack(colours)[:, None, None, :]).sum(axis=0) / np.maximum(coverage, 1.0)
+        combined = _overlay(pixels, coverage[..., 0] > 0, mean_colour, alpha)
+        rows.append([combined] + [_overlay(pixels, m, c, alpha) for m, c in zip(masks, colours)])
+
+    columns = len(top)
+    canvas = np.full(
+        (len(rows) * height + (len(rows) - 1) * padding, columns * width + (columns - 1) * padding, 3),
+        255,
+        dtype=np.uint8,
+    )
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            y, x = r * (height + padding), c * (width + padding)
+            canvas[y : y + height, x : x + width] = tile
+    grid = Image.fromarray(canvas)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path, format="PNG")
+    return grid
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "attention_maps",
+    "colorize",
+    "prepare_image",
+    "save_attention_grid",
+    "threshold_attention",
+]

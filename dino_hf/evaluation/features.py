@@ -1,0 +1,273 @@
+"""Feature extraction: the paper's evaluation preprocessing as a transformers image processor, pipeline-ready saved
+folders, and batch extraction of features to a safetensors or parquet file.
+
+After `import dino_hf`, a folder saved by [`save_model_with_processor`] works with transformers' pipeline:
+
+```python
+>>> import dino_hf  # registers the "dino" model type with AutoModel
+>>> from transformers import pipeline
+>>> extractor = pipeline("image-feature-extraction", model="dino-vits16")  # doctest: +SKIP
+>>> feature = extractor(image, pool=True, return_tensors=True)  # (1, 384): the DINO feature  # doctest: +SKIP
+```
+
+`pool=True` returns the model's `pooler_output`, the final-LayerNorm [CLS] token (the DINO feature); without it the
+pipeline returns `last_hidden_state`, all tokens `(1, 1 + num_patches, D)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+from ..configuration_dino import DinoConfig
+from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
+from .linear import extract_linear_features, unpack_batch
+
+
+# The paper's evaluation crop: resize the shorter side to 256, center crop 224 (ratio 0.875).
+EVAL_CROP_RATIO = 224 / 256
+
+
+def dino_image_processor(
+    image_size: int = 224,
+    resize_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> BitImageProcessorPil:
+    """The DINO evaluation preprocessing as a transformers image processor that needs no torchvision.
+
+    Bicubic resize of the shorter side to `resize_size`, center crop `image_size x image_size`, scale to [0, 1],
+    normalise with the ImageNet mean and std: the reference's `Resize(256, interpolation=3)`, `CenterCrop(224)`,
+    `ToTensor()`, `Normalize(...)`. It is transformers' PIL-backend `BitImageProcessorPil`; its saved
+    `preprocessor_config.json` says `"image_processor_type": "BitImageProcessor"`, which `AutoImageProcessor` loads back
+    as the PIL class when torchvision is absent (and as the torchvision class, same preprocessing, when present).
+    The center crop's offset rounds down where torchvision's rounds to nearest, so for some image sizes the crop
+    sits one pixel apart from the reference's.
+
+    Args:
+        image_size: crop side (224).
+        resize_size: shorter side after resizing; defaults to `round(image_size / 0.875)` (256 for 224).
+        mean, std: normalisation (ImageNet's).
+
+    Example:
+
+    ```python
+    >>> from dino_hf.evaluation import dino_image_processor
+    >>> processor = dino_image_processor()
+    >>> processor.size["shortest_edge"], processor.crop_size["height"], int(processor.resample)  # 3: bicubic
+    (256, 224, 3)
+    ```
+    """
+    resize_size = round(image_size / EVAL_CROP_RATIO) if resize_size is None else resize_size
+    if resize_size < image_size:
+        raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}).")
+    return BitImageProcessorPil(
+        do_resize=True,
+        size={"shortest_edge": resize_size},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_convert_rgb=True,
+    )
+
+
+def save_model_with_processor(
+    model: DinoViTModel, path: str | Path, processor: BitImageProcessorPil | None = None
+) -> Path:
+    """Save a backbone and its image processor in one folder, ready for `pipeline("image-feature-extraction")`.
+
+    Args:
+        model: the backbone.
+        path: the folder.
+        processor: defaults to [`dino_image_processor`] at the model's `image_size`.
+    """
+    path = Path(path)
+    model.save_pretrained(path)
+    (processor or dino_image_processor(image_size=model.config.image_size)).save_pretrained(path)
+    return path
+
+
+def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel:
+    """The backbone saved in a folder (or Hub repo), in eval mode.
+
+    A [`DinoViTModel`] folder loads as it is; a [`DinoForSelfDistillation`] folder (a training run) gives its teacher
+    backbone, the network DINO evaluates and releases. `kwargs` go to `from_pretrained` (e.g.
+    `attn_implementation="eager"`).
+
+    Example:
+
+    ```python
+    >>> from dino_hf.evaluation import load_backbone
+    >>> model = load_backbone("outputs/dino-run")  # doctest: +SKIP
+    ```
+    """
+    config = DinoConfig.from_pretrained(model_name_or_path)
+    if "DinoForSelfDistillation" in (config.architectures or []):
+        return DinoForSelfDistillation.from_pretrained(model_name_or_path, **kwargs).export_teacher_backbone()
+    return DinoViTModel.from_pretrained(model_name_or_path, **kwargs).eval()
+
+
+def _as_list(values: Any) -> list[Any]:
+    if isinstance(values, torch.Tensor):
+        return values.tolist()
+    return list(values)
+
+
+@torch.no_grad()
+def extract_features(
+    model: DinoViTModel,
+    batches: Iterable[Any],
+    output_path: str | Path | None = None,
+    *,
+    n_last_blocks: int = 1,
+    avgpool_patchtokens: bool = False,
+    normalize: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> dict[str, Any]:
+    """Features of every batch, optionally written to a `.safetensors` or `.parquet` file.
+
+    The default feature is the DINO feature (the final-LayerNorm [CLS] token, `pooler_output`), what k-NN evaluation
+    and retrieval use; `n_last_blocks`/`avgpool_patchtokens` give the linear-evaluation layouts (see
+    [`extract_linear_features`]).
+
+    Args:
+        model: the backbone (put in eval mode; moved to `device` when given).
+        batches: `(pixel_values, labels, ids)` tuples (labels and ids optional), or mappings with `pixel_values` and
+            optional `labels`/`label` and `ids`/`id`. Labels are integers; ids integers or strings.
+        output_path: `*.safetensors` (tensors `features` float32 `(N, D)`, `labels` int64 `(N,)`, `ids` int64 `(N,)`;
+            integer ids only) or `*.parquet` (columns `id`, `label`, `feature` as a fixed-size list of float32; any
+            ids). `None` writes nothing.
+        normalize: L2-normalise each feature.
+        device: where to run the model; defaults to the model's device.
+        progress: show a tqdm progress bar (`total` batches, default `len(batches)` when it exists).
+
+    Returns:
+        `{"features": (N, D) float32 tensor, "labels": (N,) int64 tensor or None, "ids": list or None}`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoConfig, DinoViTModel
+    >>> from dino_hf.evaluation import extract_features, load_features
+    >>> model = DinoViTModel(DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+    ...                                 num_attention_heads=4))
+    >>> batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]), torch.arange(4) + 4 * i) for i in range(2)]
+    >>> out = extract_features(model, batches, "features.safetensors", progress=False)
+    >>> out["features"].shape, load_features("features.safetensors")["ids"].tolist()
+    (torch.Size([8, 64]), [0, 1, 2, 3, 4, 5, 6, 7])
+    ```
+    """
+    model = model.eval() if device is None else model.to(device).eval()
+    device = next(model.parameters()).device
+    features, labels, ids = [], [], []
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)
+    for batch in tqdm(batches, total=total, disable=not progress, desc="Extracting features", unit="batch"):
+        pixel_values, batch_labels, batch_ids = unpack_batch(batch)
+        output = extract_linear_features(model, pixel_values.to(device), n_last_blocks, avgpool_patchtokens).float()
+        if normalize:
+            output = torch.nn.functional.normalize(output, dim=1)
+        features.append(output.cpu())
+        if batch_labels is not None:
+            labels.extend(_as_list(batch_labels))
+        if batch_ids is not None:
+            ids.extend(_as_list(batch_ids))
+    if not features:
+        raise ValueError("No batches to extract features from.")
+    all_features = torch.cat(features)
+    for name, values in (("labels", labels), ("ids", ids)):
+        if values and len(values) != all_features.shape[0]:
+            raise ValueError(
+                f"Got {len(values)} {name} for {all_features.shape[0]} images: give them for every batch."
+            )
+    result = {
+        "features": all_features,
+        "labels": torch.tensor(labels, dtype=torch.long) if labels else None,
+        "ids": ids or None,
+    }
+    if output_path is not None:
+        save_features(result, output_path)
+    return result
+
+
+def save_features(features: dict[str, Any], path: str | Path) -> Path:
+    """Write `{"features", "labels", "ids"}` (as [`extract_features`] returns) to `.safetensors` or `.parquet`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matrix: torch.Tensor = features["features"]
+    labels, ids = features.get("labels"), features.get("ids")
+    if path.suffix == ".safetensors":
+        tensors = {"features": matrix.contiguous()}
+        if labels is not None:
+            tensors["labels"] = torch.as_tensor(labels, dtype=torch.long)
+        if ids is not None:
+            if not all(isinstance(i, (int, np.integer)) for i in ids):
+                raise ValueError("safetensors holds integer ids only; write string ids to a .parquet file.")
+            tensors["ids"] = torch.as_tensor(ids, dtype=torch.long)
+        save_file(tensors, path, metadata={"format": "pt", "dim": str(matrix.shape[1])})
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        flat = pa.array(matrix.numpy().reshape(-1), type=pa.float32())
+        columns = {"feature": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])}
+        if labels is not None:
+            columns["label"] = pa.array(torch.as_tensor(labels).tolist(), type=pa.int64())
+        if ids is not None:
+            columns["id"] = pa.array(list(ids))
+        pq.write_table(pa.table(columns), path)
+    else:
+        raise ValueError(f"Unknown features file type {path.suffix!r}: use .safetensors or .parquet.")
+    return path
+
+
+def load_features(path: str | Path) -> dict[str, Any]:
+    """Read a file written by [`extract_features`] / [`save_features`] back to `{"features", "labels", "ids"}`.
+
+    `ids` is an int64 tensor for safetensors files and a list for parquet files.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = load_file(path)
+        return {"features": tensors["features"], "labels": tensors.get("labels"), "ids": tensors.get("ids")}
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        column = table.column("feature").combine_chunks()
+        dim = column.type.list_size
+        matrix = torch.from_numpy(column.flatten().to_numpy().reshape(-1, dim).copy())
+        names = table.column_names
+        return {
+            "features": matrix,
+            "labels": torch.tensor(table.column("label").to_pylist()) if "label" in names else None,
+            "ids": table.column("id").to_pylist() if "id" in names else None,
+        }
+    raise ValueError(f"Unknown features file type {path.suffix!r}: use .safetensors or .parquet.")
+
+
+__all__ = [
+    "EVAL_CROP_RATIO",
+    "dino_image_processor",
+    "extract_features",
+    "load_backbone",
+    "load_features",
+    "save_features",
+    "save_model_with_processor",
+]
