@@ -25,15 +25,9 @@ from ..modeling_dino import DinoForSelfDistillation
 from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
 from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError
-from .optimization import (
-    cancel_last_layer_gradients,
-    clip_gradients_global,
-    clip_gradients_per_parameter,
-    create_optimizer,
-    gradient_norm,
-    set_optimizer_values,
-)
+from .optimization import create_optimizer
 from .schedules import DinoSchedules
+from .step import DinoTrainingStep
 
 
 logger = logging.getLogger(__name__)
@@ -230,7 +224,7 @@ def pretrain(
     collapse = CollapseMonitor(out_dim=dino.config.out_dim)
     metrics = MetricAccumulator()
     data_stats = _DataStatsLog()
-    student_params = [p for p in dino.student.parameters() if p.requires_grad]
+    train_step = DinoTrainingStep(accelerator, model, optimizer, training_args.clip_grad, training_args.clip_grad_mode)
     progress = tqdm(
         total=max_steps,
         initial=global_step,
@@ -257,26 +251,11 @@ def pretrain(
         if global_step >= max_steps:
             break
         values = schedules(global_step)
-        set_optimizer_values(optimizer, values.lr, values.weight_decay)
         data_stats.add(batch.stats)
-
         batch = batch.to(accelerator.device, non_blocking=True)
         crops = augment(batch.images, batch.sizes, generator=generator)
-        output = model(crops.global_crops, crops.local_crops, teacher_temp=values.teacher_temp)
-        accelerator.backward(output.loss)
-
-        if accelerator.scaler is not None:
-            accelerator.unscale_gradients()
-        if training_args.clip_grad > 0:
-            clip = clip_gradients_per_parameter if training_args.clip_grad_mode == "per_parameter" else None
-            grad_norm = (clip or clip_gradients_global)(student_params, training_args.clip_grad)
-        else:
-            grad_norm = gradient_norm(student_params)
-        if values.freeze_last_layer:
-            cancel_last_layer_gradients(dino.student)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        dino.update_teacher(values.momentum)
+        step = train_step(crops.global_crops, crops.local_crops, values)
+        output, grad_norm = step.output, step.grad_norm
 
         global_step += 1
         last_stream_state = batch.stream_state
@@ -289,6 +268,8 @@ def pretrain(
             grad_norm=grad_norm,
         )
         progress.update(1)
+        if step_callback is not None:
+            step_callback(global_step, batch, output)
 
         # ------------------------------------------------------------------------------ logging
         if global_step % training_args.logging_steps == 0 or global_step == max_steps:
