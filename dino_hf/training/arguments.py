@@ -51,11 +51,17 @@ class DinoModelArguments:
 @dataclass
 class DinoDataArguments:
     dataset_name: str = field(
-        default="ILSVRC/imagenet-1k",
+        # Same value as dino_hf.data.DEFAULT_DATASET_NAME (not imported: this module must not need `datasets`).
+        default="timm/imagenet-1k-wds",
         **_help(
-            "A Hub dataset id, a local imagefolder directory, parquet files or webdataset .tar shards (see "
-            "docs/data.md), or 'embedded' for the package's generated offline dataset."
+            "A Hub dataset id (default: ImageNet-1k as webdataset shards, gated: accept its terms on the Hub and log "
+            "in), a local imagefolder directory, parquet files or webdataset .tar shards (see docs/data.md), or "
+            "'embedded' for the package's generated offline dataset."
         ),
+    )
+    embedded_options: str | None = field(
+        default=None,
+        **_help("JSON options of the embedded dataset generator, e.g. '{\"train_per_class\": 50}' for a quick run."),
     )
     train_split: str = field(default="train", **_help("Split to pretrain on."))
     data_files: str | None = field(default=None, **_help("Data files (glob) for parquet/webdataset/local sources."))

@@ -13,10 +13,11 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..configuration_dino import DinoConfig
-from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
+from ..modeling_dino import DinoForSelfDistillation
 
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,9 @@ def export_pretrained(
     target.mkdir(parents=True, exist_ok=True)
     backbone = model.export_teacher_backbone()
     backbone.save_pretrained(target)
-    mean = tuple(crop_config.mean) if crop_config is not None else None
-    std = tuple(crop_config.std) if crop_config is not None else None
     image_size = backbone.config.image_size
-    processor = dino_image_processor(
-        image_size=image_size, resize_size=round(image_size * 256 / 224), mean=mean, std=std
-    )
+    normalisation = {"mean": tuple(crop_config.mean), "std": tuple(crop_config.std)} if crop_config else {}
+    processor = dino_image_processor(image_size=image_size, **normalisation)
     processor.save_pretrained(target)
     if export_vit_model:
         from ..conversion import to_vit_model
@@ -150,8 +148,15 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, export_vit
     model = DinoForSelfDistillation(config)
     model.load_state_dict(ckpt.load_model_state(checkpoint))
     summary = {"global_step": state["global_step"], "final_metrics": (state.get("history") or [{}])[-1]}
+    crops = state.get("multicrop_config")
+    normalisation = SimpleNamespace(mean=crops["mean"], std=crops["std"]) if crops else None
     return export_pretrained(
-        model, output_dir, training_summary=summary, export_vit_model=export_vit_model, export_dirname="."
+        model,
+        output_dir,
+        crop_config=normalisation,
+        training_summary=summary,
+        export_vit_model=export_vit_model,
+        export_dirname=".",
     )
 
 
@@ -173,4 +178,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DinoViTModel", "export_checkpoint", "export_pretrained", "model_card", "push_to_hub"]
+__all__ = ["export_checkpoint", "export_pretrained", "model_card", "push_to_hub"]

@@ -6,8 +6,8 @@ backward -> clip -> optimizer -> EMA), logging, checkpoints, k-NN, export.
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -83,6 +83,10 @@ def _parse_scalar(value: str) -> Any:
     return value
 
 
+def embedded_options(data_args: DinoDataArguments) -> dict | None:
+    return json.loads(data_args.embedded_options) if data_args.embedded_options else None
+
+
 def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
     return MultiCropConfig(
         global_crops_size=data_args.global_crops_size,
@@ -137,6 +141,7 @@ def pretrain(
         streaming=data_args.streaming,
         image_column=data_args.image_column,
         label_column=data_args.label_column,
+        embedded_options=embedded_options(data_args),
     )
     total_batch = training_args.per_device_train_batch_size * world_size
     steps_per_epoch = training_args.steps_per_epoch
@@ -220,7 +225,39 @@ def pretrain(
         accelerator.init_trackers(
             "dino_hf", config={**asdict(model_args), **asdict(data_args), **asdict(training_args)}
         )
-    knn_monitor = _make_knn_monitor(data_args, dino, accelerator)
+    crop_config = multicrop_config(data_args)
+    knn_monitor = None
+    if accelerator.is_main_process and (data_args.knn_every_steps or data_args.knn_at_start_and_end):
+        from ..evaluation.knn_monitor import KnnMonitor
+
+        knn_monitor = KnnMonitor.from_arguments(
+            data_args, dino.config.image_size, accelerator, mean=crop_config.mean, std=crop_config.std
+        )
+
+    def save_checkpoint() -> None:
+        _save_checkpoint(
+            accelerator,
+            dino,
+            optimizer,
+            generator,
+            output_dir,
+            global_step,
+            last_stream_state,
+            history,
+            training_args,
+            world_size,
+            {"model_config": dino.config.to_dict(), "multicrop_config": asdict(crop_config)},
+        )
+
+    def run_knn(step: int) -> None:
+        # Only the main process evaluates; the others wait at the barrier below.
+        if knn_monitor is not None:
+            accuracy = knn_monitor(dino.teacher.backbone)
+            history.append({"step": step, "knn_top1": accuracy})
+            accelerator.log({"eval/knn_top1": accuracy}, step=step)
+            logger.info("step %d: k-NN top-1 of the teacher %.2f%%", step, 100 * accuracy)
+        accelerator.wait_for_everyone()
+
     collapse = CollapseMonitor(out_dim=dino.config.out_dim)
     metrics = MetricAccumulator()
     data_stats = _DataStatsLog()
@@ -244,6 +281,8 @@ def pretrain(
     )
 
     # ----------------------------------------------------------------------------------------------- loop
+    if global_step == 0 and data_args.knn_at_start_and_end:
+        run_knn(0)  # the random-initialisation baseline
     model.train()
     window_start, window_images = time.perf_counter(), 0
     last_stream_state = stream_state
@@ -304,45 +343,23 @@ def pretrain(
                 data_stats.report()
             window_start, window_images = time.perf_counter(), 0
 
-        if knn_monitor is not None and data_args.knn_every_steps and global_step % data_args.knn_every_steps == 0:
-            accuracy = knn_monitor(dino.teacher.backbone)
-            history.append({"step": global_step, "knn_top1": accuracy})
-            accelerator.log({"eval/knn_top1": accuracy}, step=global_step)
-            logger.info("step %d: k-NN top-1 %.2f%%", global_step, 100 * accuracy)
+        if data_args.knn_every_steps and global_step % data_args.knn_every_steps == 0 and global_step < max_steps:
+            run_knn(global_step)
 
         if global_step % training_args.checkpointing_steps == 0 and global_step < max_steps:
-            _save_checkpoint(
-                accelerator,
-                dino,
-                optimizer,
-                generator,
-                output_dir,
-                global_step,
-                last_stream_state,
-                history,
-                training_args,
-                world_size,
-            )
+            save_checkpoint()
 
     progress.close()
-    _save_checkpoint(
-        accelerator,
-        dino,
-        optimizer,
-        generator,
-        output_dir,
-        global_step,
-        last_stream_state,
-        history,
-        training_args,
-        world_size,
-    )
+    save_checkpoint()
 
     # ----------------------------------------------------------------------------------------------- the end
+    if data_args.knn_every_steps or data_args.knn_at_start_and_end:
+        run_knn(global_step)
     final_metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
-    if knn_monitor is not None:
-        final_metrics["knn_top1"] = knn_monitor(dino.teacher.backbone)
-        logger.info("Final k-NN top-1 of the teacher: %.2f%%", 100 * final_metrics["knn_top1"])
+    knn_records = [r for r in history if "knn_top1" in r]
+    if knn_records:
+        final_metrics["knn_top1"] = knn_records[-1]["knn_top1"]
+        final_metrics["knn_top1_at_start"] = knn_records[0]["knn_top1"]
     result = PretrainingResult(
         output_dir=output_dir,
         global_step=global_step,
@@ -356,7 +373,7 @@ def pretrain(
         result.export_dir = export_pretrained(
             dino,
             output_dir,
-            crop_config=multicrop_config(data_args),
+            crop_config=crop_config,
             training_summary=_training_summary(model_args, data_args, training_args, result, world_size),
             export_vit_model=training_args.export_vit_model,
         )
@@ -383,6 +400,7 @@ def _save_checkpoint(
     history: list[dict],
     training_args: DinoTrainingArguments,
     world_size: int,
+    extra_state: dict[str, Any],
 ) -> None:
     """Atomic checkpoint: every process writes its random state into the staging folder, the main process the rest."""
     # A non-finite model must never replace the last good checkpoint.
@@ -407,6 +425,7 @@ def _save_checkpoint(
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "history": history,
             "args": asdict(training_args),
+            **extra_state,
         }
         path = ckpt.finish_checkpoint(output_dir, global_step, trainer_state, training_args.save_total_limit)
         logger.info("Saved %s", path)
@@ -458,13 +477,6 @@ class _DataStatsLog:
         return self._total.as_dict() if self._total is not None else {}
 
 
-def _make_knn_monitor(data_args: DinoDataArguments, dino: DinoForSelfDistillation, accelerator: Accelerator):
-    """A callable `backbone -> k-NN top-1` on a labelled subset, or None when no labelled data is available."""
-    from ..evaluation.knn_monitor import KnnMonitor
-
-    return KnnMonitor.from_arguments(data_args, image_size=dino.config.image_size, accelerator=accelerator)
-
-
 def _training_summary(
     model_args: DinoModelArguments,
     data_args: DinoDataArguments,
@@ -483,5 +495,4 @@ def _training_summary(
         "crops": f"{2}x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
         "final_metrics": result.final_metrics,
         "args": {**asdict(model_args), **asdict(data_args), **asdict(training_args)},
-        "math_isfinite": all(math.isfinite(v) for v in result.final_metrics.values() if isinstance(v, float)),
     }

@@ -1,0 +1,155 @@
+"""k-NN accuracy of a backbone on a fixed labelled subset: the progress signal the DINO authors advise watching.
+
+The images (a memory bank from one split, queries from another) are decoded once with the paper's evaluation
+preprocessing and kept in memory when small enough, so each evaluation costs only two forward passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..data import EvalTransform, ImageSource, build_eval_loader, load_image_dataset
+from .knn import knn_classify
+
+
+logger = logging.getLogger(__name__)
+
+
+class KnnMonitor:
+    """`monitor(backbone) -> top-1 accuracy` of the weighted k-NN classifier (k, T = 0.07) on fixed images.
+
+    Args:
+        train_source, eval_source: labelled sources from `load_image_dataset` (memory bank and queries).
+        image_size: side of the evaluation crops (the model's resolution).
+        train_samples, eval_samples: how many images of each split to use (the first ones, in storage order).
+        k: neighbours.
+        batch_size, num_workers: feature extraction batches and decoding workers.
+        mean, std: normalisation (the training one).
+        cache_limit_bytes: keep the preprocessed images in memory below this size; stream them again otherwise.
+    """
+
+    def __init__(
+        self,
+        train_source: ImageSource,
+        eval_source: ImageSource,
+        image_size: int,
+        *,
+        train_samples: int = 10_000,
+        eval_samples: int = 2_000,
+        k: int = 20,
+        batch_size: int = 256,
+        num_workers: int = 2,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        device: torch.device | str = "cpu",
+        cache_limit_bytes: int = 512 * 2**20,
+    ) -> None:
+        transform_kwargs = {"image_size": image_size, "resize_size": round(image_size * 256 / 224)}
+        if mean is not None:
+            transform_kwargs.update(mean=mean, std=std)
+        self.transform = EvalTransform(**transform_kwargs)
+        self.device = torch.device(device)
+        self.k = k
+        self.splits = {
+            "train": (train_source, train_samples),
+            "eval": (eval_source, eval_samples),
+        }
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        per_image = 3 * image_size * image_size * 2  # float16 cache
+        self.cache_enabled = (train_samples + eval_samples) * per_image <= cache_limit_bytes
+        self._cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    @classmethod
+    def from_arguments(cls, data_args, image_size: int, accelerator=None, mean=None, std=None) -> KnnMonitor | None:
+        """Build the monitor from the pretraining data arguments; None (with a log line) when there are no labels."""
+        name = data_args.knn_dataset_name or data_args.dataset_name
+        same_dataset = data_args.knn_dataset_name is None
+        try:
+            sources = [
+                load_image_dataset(
+                    name,
+                    split=split,
+                    data_files=data_args.data_files if same_dataset else None,
+                    streaming=data_args.streaming,
+                    image_column=data_args.image_column if same_dataset else None,
+                    label_column=data_args.label_column if same_dataset else None,
+                    **({"embedded_options": data_args.embedded_options} if _embedded_options(data_args) else {}),
+                )
+                for split in (data_args.knn_train_split, data_args.knn_eval_split)
+            ]
+        except (ValueError, FileNotFoundError, KeyError) as error:
+            logger.info("k-NN monitor off: %s", error)
+            return None
+        if any(source.label_column is None for source in sources):
+            logger.info("k-NN monitor off: %s has no label column.", name)
+            return None
+        return cls(
+            sources[0],
+            sources[1],
+            image_size,
+            train_samples=data_args.knn_train_samples,
+            eval_samples=data_args.knn_eval_samples,
+            k=data_args.knn_k,
+            num_workers=min(2, data_args.num_workers),
+            mean=mean,
+            std=std,
+            device=accelerator.device if accelerator is not None else "cpu",
+        )
+
+    def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if split in self._cache:
+            yield from self._cache[split]
+            return
+        source, samples = self.splits[split]
+        loader = build_eval_loader(
+            source,
+            self.batch_size,
+            num_workers=self.num_workers,
+            max_images=samples,
+            resize_size=self.transform.resize_size,
+        )
+        cached = []
+        for batch in loader:
+            keep = batch.labels >= 0
+            if not bool(keep.any()):
+                continue
+            pixels = self.transform(batch.images[keep].to(self.device), batch.sizes[keep])
+            labels = batch.labels[keep]
+            if self.cache_enabled:
+                cached.append((pixels.to("cpu", torch.float16), labels))
+            yield pixels, labels
+        if self.cache_enabled:
+            self._cache[split] = cached
+
+    @torch.no_grad()
+    def features(self, backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised [CLS] features `(N, D)` and labels `(N,)` of one split."""
+        features, labels = [], []
+        for pixels, batch_labels in self._batches(split):
+            output = backbone(pixels.to(self.device, torch.float32))
+            features.append(F.normalize(output.pooler_output.float(), dim=-1))
+            labels.append(batch_labels.to(self.device))
+        return torch.cat(features), torch.cat(labels)
+
+    @torch.no_grad()
+    def __call__(self, backbone: torch.nn.Module) -> float:
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            train_features, train_labels = self.features(backbone, "train")
+            eval_features, eval_labels = self.features(backbone, "eval")
+        finally:
+            backbone.train(was_training)
+        scores = knn_classify(
+            train_features, train_labels, eval_features, k=min(self.k, len(train_labels)), temperature=0.07
+        )
+        return (scores.argmax(dim=1) == eval_labels.cpu()).float().mean().item()
+
+
+def _embedded_options(data_args) -> bool:
+    return bool(getattr(data_args, "embedded_options", None))
