@@ -84,7 +84,9 @@ def render_image(label: int, rng: np.random.Generator, image_size: int = 64) -> 
     background[:] = base + (other - base) * ramp[..., None] * rng.uniform(0.2, 0.8)
     stripe_angle = rng.uniform(0, np.pi)
     period = rng.uniform(6, 20) * scale
-    stripes = np.sin(2 * np.pi * (np.cos(stripe_angle) * xs + np.sin(stripe_angle) * ys) / period + rng.uniform(0, 6.3))
+    stripes = np.sin(
+        2 * np.pi * (np.cos(stripe_angle) * xs + np.sin(stripe_angle) * ys) / period + rng.uniform(0, 6.3)
+    )
     background += stripes[..., None] * rng.uniform(0, 40, size=3)
 
     # The shape: random size and position, fully inside the image, in a colour far enough from the background.
@@ -131,7 +133,9 @@ def generate_shapes_dataset(
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))})
     output_dir = Path(output_dir)
     files: dict[str, list[str]] = {}
-    for split_index, (split, per_class) in enumerate((("train", train_per_class), ("validation", validation_per_class))):
+    for split_index, (split, per_class) in enumerate(
+        (("train", train_per_class), ("validation", validation_per_class))
+    ):
         rng = np.random.default_rng([seed, split_index])
         labels = np.tile(np.arange(len(SHAPES)), per_class)
         rng.shuffle(labels)
