@@ -53,9 +53,7 @@ _CROP_ATTEMPTS = 10
 
 def _as_float_tuple(value, length: int | None, name: str) -> tuple[float, ...]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if length is None:
-            raise ValueError(f"MultiCropConfig.{name} must be a sequence, got {value!r}.")
-        return (float(value),) * length
+        return (float(value),) * (length or 1)
     if not isinstance(value, Sequence) or isinstance(value, str):
         raise ValueError(f"MultiCropConfig.{name} must be a number or a sequence of numbers, got {value!r}.")
     values = tuple(float(v) for v in value)
@@ -92,8 +90,9 @@ class MultiCropConfig:
         solarize_threshold (`float`, 128/255): pixels at or above it are inverted (PIL's `solarize(128)`).
         mean, std (`(float, float, float)`, ImageNet's): normalisation of the output.
 
-    A single number for `blur_p_global` or `solarize_p_global` applies to every global crop. Lists (from JSON or
-    YAML) are accepted wherever a tuple is expected.
+    `blur_p_global` and `solarize_p_global` give global crop i the i-th value; the last value repeats for further
+    global crops and extra values are unused (a single number applies to all). Lists (from JSON or YAML) are
+    accepted wherever a tuple is expected; `__post_init__` normalises them to tuples.
     """
 
     global_crops_number: int = 2
@@ -151,7 +150,11 @@ class MultiCropConfig:
             raise ValueError(f"MultiCropConfig.blur_sigma must satisfy 0 < low <= high, got {(low, high)}.")
         self.blur_sigma = (low, high)
         for name in ("blur_p_global", "solarize_p_global"):
-            values = _as_float_tuple(getattr(self, name), self.global_crops_number, name)
+            values = _as_float_tuple(getattr(self, name), None, name)
+            if not values:
+                raise ValueError(f"MultiCropConfig.{name} must not be empty.")
+            # Entry i is global crop i's probability; the last entry repeats for any further global crops.
+            values = (values + values[-1:] * self.global_crops_number)[: self.global_crops_number]
             if not all(0.0 <= v <= 1.0 for v in values):
                 raise ValueError(f"MultiCropConfig.{name} must hold probabilities in [0, 1], got {values!r}.")
             setattr(self, name, values)
@@ -246,7 +249,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
     maximum and minimum channel, and channel `n` (R: 5, G: 3, B: 1) becomes
     `max - (max - min) * clamp(min(k, 4 - k), 0, 1)` with `k = (n + 6 * hue) mod 6`.
     """
-    maxc, minc = torch.aminmax(x, dim=-3, keepdim=True)
+    minc, maxc = torch.aminmax(x, dim=-3, keepdim=True)
     chroma = maxc - minc
     divisor = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     rc, gc, bc = ((maxc - x) / divisor).unbind(dim=-3)

@@ -277,7 +277,7 @@ def decode_image(value: Any, options: DecodeOptions) -> tuple[np.ndarray | None,
     except FileNotFoundError:
         return None, "unreadable", []
     except OSError as err:
-        return None, "truncated" if "truncated" in str(err) else "undecodable", []
+        return None, "truncated" if "truncated" in str(err).lower() else "undecodable", []
     except Exception:  # a bad record must never stop a run; it is counted and named instead
         logger.debug("Unexpected error while decoding an image", exc_info=True)
         return None, "error", []
@@ -601,6 +601,15 @@ def _copy_state(state: dict) -> dict:
     return {**state, "streams": [list(s) for s in state["streams"]]}
 
 
+def _check_loader_arguments(batch_size: int, num_workers: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+
+
 def _default_pin_memory() -> bool:
     return torch.cuda.is_available()
 
@@ -650,12 +659,7 @@ def build_pretraining_loader(
         have come next. The state is per process, and resuming needs the same dataset, `seed`, `num_workers`,
         `world_size`, `rank` and `shuffle_buffer_size`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+    _check_loader_arguments(batch_size, num_workers, rank, world_size)
     if decode_min_pixels is None:
         from .augmentation import MultiCropConfig
 
@@ -781,10 +785,7 @@ def build_eval_loader(
     Returns:
         A `torch.utils.data.DataLoader` of [`ImageBatch`]es with labels (-1 where the dataset has none).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+    _check_loader_arguments(batch_size, num_workers, rank, world_size)
     num_streams = max(1, num_workers)
     num_pieces = _num_pieces(source)
     # One pass has no sampling frequency to balance, so pieces split whenever there are enough; `max_images`
