@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .resample import bicubic_resample_weights, resample
@@ -218,17 +219,19 @@ def _per_image(values: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
     """`(N, 3, H, W)` -> `(N, 1, H, W)` luma `0.2989 R + 0.587 G + 0.114 B` (torchvision's weights)."""
-    r, g, b = x.unbind(dim=-3)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(-3)
+    weights = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    # A 1x1 convolution: one kernel instead of five elementwise ones.
+    return F.conv2d(x, weights)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1.0 - factor) * other).clamp_(0.0, 1.0)
+    """`clamp(factor * x + (1 - factor) * other, 0, 1)` (torchvision's `_blend`), as one lerp and one clamp."""
+    return torch.lerp(other, x, factor).clamp_(0.0, 1.0)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
     """`clamp(factor * x)`: blend with black."""
-    return _blend(x, torch.zeros_like(x), _per_image(factor, x))
+    return (x * _per_image(factor, x)).clamp_(0.0, 1.0)
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
@@ -251,18 +254,14 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
     """
     minc, maxc = torch.aminmax(x, dim=-3, keepdim=True)
     chroma = maxc - minc
-    divisor = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    rc, gc, bc = ((maxc - x) / divisor).unbind(dim=-3)
-    r, g = x[..., 0, :, :], x[..., 1, :, :]
-    max_r = (maxc[..., 0, :, :] == r).to(x.dtype)
-    max_g = (maxc[..., 0, :, :] == g).to(x.dtype) * (1.0 - max_r)
-    max_b = 1.0 - max_r - max_g
-    # Hue in sextants (0..6), as in torchvision's _rgb2hsv before its division by 6.
-    sextant = max_r * (bc - gc) + max_g * (2.0 + rc - bc) + max_b * (4.0 + gc - rc)
-    sextant = sextant.unsqueeze(-3) + 6.0 * _per_image(shift, x)
+    inverse = torch.where(chroma > 0, 1.0 / chroma, torch.zeros_like(chroma))
+    r, g, b = x.split(1, dim=-3)
+    # Hue in sextants (0..6) times the chroma, as in torchvision's _rgb2hsv: red, else green, else blue is the max.
+    scaled = torch.where(maxc == r, g - b, torch.where(maxc == g, 2.0 * chroma + b - r, 4.0 * chroma + r - g))
+    sextant = scaled * inverse + 6.0 * _per_image(shift, x)
     offsets = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(3, 1, 1)
     k = torch.remainder(sextant + offsets, 6.0)
-    return maxc - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc, chroma, torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0), value=-1.0)
 
 
 def solarize(x: torch.Tensor, threshold: float = 128.0 / 255.0) -> torch.Tensor:
@@ -351,7 +350,7 @@ def color_jitter(
         gray = rgb_to_grayscale(x)
         use_gray = (op == SATURATION).to(x.dtype).view(n, 1, 1, 1)
         use_mean = (op == CONTRAST).to(x.dtype).view(n, 1, 1, 1)
-        other = use_gray * gray + use_mean * gray.mean(dim=(-3, -2, -1), keepdim=True)
+        other = torch.addcmul(use_mean * gray.mean(dim=(-3, -2, -1), keepdim=True), use_gray, gray)
         return _blend(x, other, factor)
 
     for step in range(3):
@@ -484,6 +483,8 @@ class DinoMultiCropAugmentation(nn.Module):
 
     Args:
         config: a [`MultiCropConfig`] (the paper's defaults if None).
+        compile: compile the photometric stage with `torch.compile` (fuses its elementwise kernels: worth it on a
+            GPU; the first call of each batch shape then takes tens of seconds).
 
     Call it with `images` uint8 `(B, 3, H, W)` (zero-padded, any memory layout), `sizes` int64 `(B, 2)` (true
     height and width of each image) and optionally a `torch.Generator` on the images' device. It returns a
@@ -491,11 +492,13 @@ class DinoMultiCropAugmentation(nn.Module):
     never synchronises with the host. [`sample_parameters`] and [`apply`] split the call, for inspection.
     """
 
-    def __init__(self, config: MultiCropConfig | None = None) -> None:
+    def __init__(self, config: MultiCropConfig | None = None, compile: bool = False) -> None:
         super().__init__()
         self.config = config if config is not None else MultiCropConfig()
         # Static kernel size (no data-dependent shapes): 3 sigma of the widest blur.
         self.blur_radius = max(1, math.ceil(3.0 * self.config.blur_sigma[1]))
+        # The photometric stage is ~30 memory-bound elementwise kernels per crop; torch.compile fuses them.
+        self._photometric = torch.compile(self.photometric, dynamic=False) if compile else self.photometric
 
     def extra_repr(self) -> str:
         c = self.config
@@ -564,29 +567,61 @@ class DinoMultiCropAugmentation(nn.Module):
 
     def render(self, images: torch.Tensor, params: ViewParameters, size: int) -> torch.Tensor:
         """Crops of one view group: `(B, 3, H, W)` float images in [0, 255] -> `(V * B, 3, size, size)` normalised."""
-        c = self.config
         num_views, batch = params.flip.shape
         height, width = images.shape[-2:]
         boxes = params.boxes.reshape(num_views * batch, 4)
         weights_y = bicubic_resample_weights(boxes[:, 0], boxes[:, 2], size, height)
-        weights_x = bicubic_resample_weights(boxes[:, 1], boxes[:, 3], size, width)
-        # A horizontal flip of the output is a reversal of its columns' weights: free.
-        flip = params.flip.reshape(-1, 1, 1)
-        weights_x = torch.where(flip, weights_x.flip(1), weights_x)
+        # A horizontal flip is a reversal of the output columns, folded into the weights for free.
+        weights_x = bicubic_resample_weights(boxes[:, 1], boxes[:, 3], size, width, flip=params.flip.reshape(-1))
         crops = resample(
             images,
             weights_y.view(num_views, batch, size, height),
             weights_x.view(num_views, batch, size, width),
             value_range=(0.0, 255.0),
-        ).mul_(1.0 / 255.0)
+        )
         p = params.flatten()
-        jittered = color_jitter(crops, p.order, p.brightness, p.contrast, p.saturation, p.hue)
-        crops = torch.where(p.jitter.view(-1, 1, 1, 1), jittered, crops)
-        crops = torch.where(p.grayscale.view(-1, 1, 1, 1), rgb_to_grayscale(crops).expand_as(crops), crops)
+        return self._photometric(
+            crops,
+            p.jitter,
+            p.order,
+            p.brightness,
+            p.contrast,
+            p.saturation,
+            p.hue,
+            p.grayscale,
+            p.blur,
+            p.sigma,
+            p.solarize,
+        )
+
+    def photometric(
+        self,
+        crops: torch.Tensor,
+        jitter: torch.Tensor,
+        order: torch.Tensor,
+        brightness: torch.Tensor,
+        contrast: torch.Tensor,
+        saturation: torch.Tensor,
+        hue: torch.Tensor,
+        grayscale: torch.Tensor,
+        blur: torch.Tensor,
+        sigma: torch.Tensor,
+        solarize_flags: torch.Tensor,
+    ) -> torch.Tensor:
+        """Colour jitter, grayscale, blur, solarisation and normalisation of `(N, 3, S, S)` crops in [0, 255].
+
+        Every other argument is `(N,)` (`order` `(N, 4)`): the per-crop parameters of [`ViewParameters`]. A pure
+        tensor function with static shapes, which `compile=True` hands to `torch.compile`.
+        """
+        c = self.config
+        crops = crops * (1.0 / 255.0)
+        jittered = color_jitter(crops, order, brightness, contrast, saturation, hue)
+        crops = torch.where(jitter.view(-1, 1, 1, 1), jittered, crops)
+        crops = torch.where(grayscale.view(-1, 1, 1, 1), rgb_to_grayscale(crops).expand_as(crops), crops)
         # Crops that are not blurred get a delta kernel (sigma -> 0), so all crops share one batched product.
-        sigma = torch.where(p.blur, p.sigma, torch.full_like(p.sigma, 1e-3))
-        crops = gaussian_blur(crops, sigma, radius=min(self.blur_radius, size - 1))
-        crops = torch.where(p.solarize.view(-1, 1, 1, 1), solarize(crops, c.solarize_threshold), crops)
+        sigma = torch.where(blur, sigma, torch.full_like(sigma, 1e-3))
+        crops = gaussian_blur(crops, sigma, radius=min(self.blur_radius, crops.shape[-1] - 1))
+        crops = torch.where(solarize_flags.view(-1, 1, 1, 1), solarize(crops, c.solarize_threshold), crops)
         return normalize(crops, c.mean, c.std)
 
     def apply(

@@ -52,6 +52,7 @@ def bicubic_resample_weights(
     *,
     scale: torch.Tensor | None = None,
     out_offset: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Antialiased bicubic weights of a batch of 1-D crop-and-resize operations.
 
@@ -66,6 +67,7 @@ def bicubic_resample_weights(
         scale: `(N,)` input pixels per output sample; defaults to `length / out_size` (resize the window to
             `out_size`). Resize-then-center-crop passes the scale of the full resize and an `out_offset`.
         out_offset: `(N,)` index, in the full resized output, of the first output sample; defaults to 0.
+        flip: `(N,)` bool: reverse the order of the output samples (a mirrored crop).
 
     Returns:
         `(N, out_size, in_size)` float32 weights; each row sums to 1.
@@ -75,8 +77,10 @@ def bicubic_resample_weights(
     scale = length / out_size if scale is None else scale.to(torch.float32)
     offset = torch.zeros_like(start) if out_offset is None else out_offset.to(torch.float32)
     device = start.device
-    outputs = torch.arange(out_size, device=device, dtype=torch.float32)
-    centers = start[:, None] + (offset[:, None] + outputs[None, :] + 0.5) * scale[:, None]  # (N, out)
+    outputs = torch.arange(out_size, device=device, dtype=torch.float32).expand(start.shape[0], -1)
+    if flip is not None:
+        outputs = torch.where(flip[:, None], (out_size - 1) - outputs, outputs)
+    centers = start[:, None] + (offset[:, None] + outputs + 0.5) * scale[:, None]  # (N, out)
     # Shrinking stretches the kernel by the scale factor (antialiasing); enlarging keeps it at one input pixel.
     stretch = scale.clamp(min=1.0)[:, None, None]
     # Only 2 * ceil(support) + 1 input pixels can be under the kernel (PIL's `ksize`). The largest possible scale

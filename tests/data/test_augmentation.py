@@ -4,6 +4,7 @@ definition, randomness (independence, reproducibility), layout and numerics."""
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -489,3 +490,16 @@ def test_rejects_bad_inputs():
         augment(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([[8, 8], [8, 8]]))
     with pytest.raises(ValueError, match="sizes"):
         augment(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([8, 8]))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DINO_HF_SLOW_TESTS"), reason="torch.compile takes about a minute on CPU; DINO_HF_SLOW_TESTS=1"
+)
+def test_compiled_photometric_stage_matches_eager():
+    config = _small_config()
+    images, sizes = _batch([(40, 60), (64, 48)])
+    params = DinoMultiCropAugmentation(config).sample_parameters(sizes, torch.Generator().manual_seed(4))
+    eager = DinoMultiCropAugmentation(config).apply(images, *params)
+    compiled = DinoMultiCropAugmentation(config, compile=True).apply(images, *params)
+    torch.testing.assert_close(compiled.global_crops, eager.global_crops, atol=1e-4, rtol=0)
+    torch.testing.assert_close(compiled.local_crops, eager.local_crops, atol=1e-4, rtol=0)

@@ -80,6 +80,12 @@ def test_weights_are_normalised_and_confined_to_the_crop_window():
     assert weights.masked_select(outside[:, None, :].expand_as(weights)).abs().max() == 0
 
 
+def test_flipped_weights_are_the_reversed_rows():
+    start, length = torch.tensor([3.0, 3.0]), torch.tensor([20.0, 20.0])
+    weights = bicubic_resample_weights(start, length, 8, 32, flip=torch.tensor([True, False]))
+    torch.testing.assert_close(weights[0], weights[1].flip(0))
+
+
 def test_resample_ignores_padding():
     # Whatever fills the padding, crops inside the true image are the same.
     array = smooth_image(40, 50, seed=3)
