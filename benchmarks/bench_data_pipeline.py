@@ -207,7 +207,18 @@ def bench_augmentation(
     try:
         with torch.inference_mode():
             step()
+            host_syncs = "not checked (CPU)"
             if device.type == "cuda":
+                torch.cuda.synchronize()
+                # The augmentation must never make the host wait for the GPU: any sync raises in this mode.
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    step()
+                    host_syncs = "none"
+                except RuntimeError as err:
+                    host_syncs = f"SYNC: {err}"
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
                 torch.cuda.synchronize()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -230,6 +241,7 @@ def bench_augmentation(
         "images_per_s": len(batch) * iterations / seconds,
         "torch_threads": threads,
         "compiled": compile,
+        "host_syncs": host_syncs,
     }
 
 
@@ -312,6 +324,7 @@ def main() -> None:
         print(
             f"device-side augmentation on {aug['device']} (batch {aug['batch_size']}, padded {aug['padded_image']}, "
             f"{aug['torch_threads']} threads{', compiled' if aug['compiled'] else ''}): {aug['images_per_s']:8.1f} img/s"
+            + ("" if aug["device"] == "cpu" else f", host syncs: {aug['host_syncs']}")
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

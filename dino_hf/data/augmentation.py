@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -212,14 +213,22 @@ class MultiCropOutput:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _per_image(values: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    values = torch.as_tensor(values, dtype=x.dtype, device=x.device)
-    return values.reshape(-1, 1, 1, 1) if values.ndim else values
+@functools.lru_cache(maxsize=128)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor, copied to `device` once: a host-to-device copy inside the augmentation would make
+    the host wait for the device on every call."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _per_image(values: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    if not isinstance(values, torch.Tensor):
+        return float(values)  # Python scalars broadcast without a device copy
+    return values.to(x.dtype).reshape(-1, 1, 1, 1) if values.ndim else values.to(x.dtype)
 
 
 def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
     """`(N, 3, H, W)` -> `(N, 1, H, W)` luma `0.2989 R + 0.587 G + 0.114 B` (torchvision's weights)."""
-    weights = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    weights = _constant(_GRAY_WEIGHTS, x.device, x.dtype).view(1, 3, 1, 1)
     # A 1x1 convolution: one kernel instead of five elementwise ones.
     return F.conv2d(x, weights)
 
@@ -259,7 +268,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
     # Hue in sextants (0..6) times the chroma, as in torchvision's _rgb2hsv: red, else green, else blue is the max.
     scaled = torch.where(maxc == r, g - b, torch.where(maxc == g, 2.0 * chroma + b - r, 4.0 * chroma + r - g))
     sextant = scaled * inverse + 6.0 * _per_image(shift, x)
-    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(3, 1, 1)
+    offsets = _constant((5.0, 3.0, 1.0), x.device, x.dtype).view(3, 1, 1)
     k = torch.remainder(sextant + offsets, 6.0)
     return torch.addcmul(maxc, chroma, torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0), value=-1.0)
 
@@ -299,7 +308,10 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor | float, radius: int | No
     Borders replicate the edge pixel (what PIL's `GaussianBlur`, used by the reference, does). The kernel is
     truncated at `radius` (default `ceil(3 * max sigma)`, computed on the host: pass it explicitly on a device).
     """
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.to(torch.float32).reshape(-1).expand(x.shape[0])
+    else:
+        sigma = torch.full((x.shape[0],), float(sigma), device=x.device)
     if radius is None:
         radius = max(1, math.ceil(3.0 * float(sigma.max())))
     n, c, h, w = x.shape
@@ -363,8 +375,8 @@ def color_jitter(
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """`(x - mean) / std` per channel."""
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    inv_std = 1.0 / torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean_t = _constant(tuple(mean), x.device, x.dtype).view(1, 3, 1, 1)
+    inv_std = _constant(tuple(1.0 / s for s in std), x.device, x.dtype).view(1, 3, 1, 1)
     return (x - mean_t) * inv_std
 
 
@@ -520,12 +532,12 @@ class DinoMultiCropAugmentation(nn.Module):
         u = torch.rand(num_views, batch, _NUM_UNIFORMS, generator=generator, device=sizes.device)
         jitter = u[..., _JITTER] < c.color_jitter_p
         factors = u[..., _FACTORS]
-        identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=sizes.device)
-        low = torch.tensor(
-            [max(0.0, 1.0 - c.brightness), max(0.0, 1.0 - c.contrast), max(0.0, 1.0 - c.saturation), -c.hue],
-            device=sizes.device,
+        identity = _constant((1.0, 1.0, 1.0, 0.0), sizes.device)
+        low = _constant(
+            (max(0.0, 1.0 - c.brightness), max(0.0, 1.0 - c.contrast), max(0.0, 1.0 - c.saturation), -c.hue),
+            sizes.device,
         )
-        high = torch.tensor([1.0 + c.brightness, 1.0 + c.contrast, 1.0 + c.saturation, c.hue], device=sizes.device)
+        high = _constant((1.0 + c.brightness, 1.0 + c.contrast, 1.0 + c.saturation, c.hue), sizes.device)
         factors = torch.where(jitter[..., None], low + (high - low) * factors, identity)
         return ViewParameters(
             boxes=sample_crop_boxes(sizes, u[..., _BOX], scale, c.ratio),
@@ -554,8 +566,8 @@ class DinoMultiCropAugmentation(nn.Module):
             sizes,
             c.global_crops_number,
             c.global_crops_scale,
-            torch.tensor(c.blur_p_global, device=device)[:, None],
-            torch.tensor(c.solarize_p_global, device=device)[:, None],
+            _constant(c.blur_p_global, device)[:, None],
+            _constant(c.solarize_p_global, device)[:, None],
             generator,
         )
         local_params = None
