@@ -1,8 +1,6 @@
 """Decoding and the loaders: bad inputs, statistics, sharding across processes, exact resume, evaluation order."""
 
-import io
 import json
-import math
 
 import numpy as np
 import pytest
@@ -200,21 +198,22 @@ def _ids(batches):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_two_ranks_read_disjoint_parts_covering_the_dataset(embedded_train, num_workers):
     # 200 records, 8 shards; with batch 10 each rank's epoch is exactly 10 batches.
-    per_rank = []
+    epochs = {0: [], 1: []}  # epoch -> the ids each rank read in it
     for rank in (0, 1):
         loader = build_pretraining_loader(
             embedded_train, 10, num_workers=num_workers, seed=3, rank=rank, world_size=2, shuffle_buffer_size=64
         )
         batches = _take(loader, 20)
-        first_epoch, second_epoch = _ids(batches[:10]), _ids(batches[10:])
-        assert len(first_epoch) == len(set(first_epoch)) == 100
-        assert set(second_epoch) == set(first_epoch) or len(set(second_epoch)) == 100
-        per_rank.append(first_epoch)
-        # A new epoch is a new order.
-        assert _ids(batches[10:]) != first_epoch
-    assert not set(per_rank[0]) & set(per_rank[1])
-    all_ids = set(per_rank[0]) | set(per_rank[1])
-    assert len(all_ids) == 200 and all_ids == {f"train/{s:05d}:{r}" for s in range(8) for r in range(25)}
+        assert {tuple(s) for s in batches[9].stream_state["streams"]} == {(0, 100 // max(1, num_workers))}
+        for epoch, part in ((0, batches[:10]), (1, batches[10:])):
+            ids = _ids(part)
+            assert len(ids) == len(set(ids)) == 100  # no record twice within an epoch
+            epochs[epoch].append(ids)
+        assert epochs[1][rank] != epochs[0][rank]  # a new epoch is a new order
+    every_record = {f"train/{s:05d}:{r}" for s in range(8) for r in range(25)}
+    for rank_0, rank_1 in epochs.values():
+        assert not set(rank_0) & set(rank_1)
+        assert set(rank_0) | set(rank_1) == every_record
 
 
 def test_few_shards_fall_back_to_splitting_records(tmp_path):
@@ -332,7 +331,7 @@ def test_eval_loader_splits_ranks_and_honours_max_images(embedded_validation):
         for r in (0, 1)
     ]
     assert sorted(first[0] + first[1]) == sorted(_ids(build_eval_loader(embedded_validation, 50, num_workers=0))[:9])
-    assert math.isclose(len(first[0]), 5) and len(first[1]) == 4
+    assert len(first[0]) == 5 and len(first[1]) == 4
 
 
 def test_map_style_source_streams_the_same_records(tmp_path):
@@ -354,4 +353,12 @@ def test_image_batch_survives_pickling_between_processes():
     batch = collate_images([np.zeros((4, 4, 3), np.uint8)], [3], ["id"], DataStats(seen=1))
     restored = pickle.loads(pickle.dumps(batch))
     assert restored.ids == ["id"] and torch.equal(restored.images, batch.images)
-    assert io is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning memory needs an accelerator")
+def test_pinned_batches_keep_their_layout_and_move_to_the_gpu():
+    batch = collate_images([np.full((4, 6, 3), 5, np.uint8)], [0], ["id"], DataStats(seen=1))
+    pinned = batch.pin_memory()
+    assert pinned.images.is_pinned() and pinned.images.stride() == batch.images.stride()
+    moved = pinned.to("cuda")
+    assert moved.images.is_cuda and torch.equal(moved.images.cpu(), batch.images)
