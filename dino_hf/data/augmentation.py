@@ -523,8 +523,8 @@ class DinoMultiCropAugmentation(nn.Module):
         sizes: torch.Tensor,
         num_views: int,
         scale: tuple[float, float],
-        blur_p: torch.Tensor,
-        solarize_p: torch.Tensor,
+        blur_p: torch.Tensor | float,
+        solarize_p: torch.Tensor | float,
         generator: torch.Generator | None,
     ) -> ViewParameters:
         c = self.config
