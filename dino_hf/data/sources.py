@@ -9,7 +9,7 @@ Example:
 
 ```python
 >>> from dino_hf.data import load_image_dataset
->>> source = load_image_dataset("embedded", "validation", embedded_options={"validation_per_class": 2})
+>>> source = load_image_dataset("embedded", "validation", embedded_options={"train_per_class": 2, "validation_per_class": 2})
 >>> source.image_column, source.label_column, source.num_examples, source.class_names[:3]
 ('image', 'label', 20, ['disk', 'square', 'triangle'])
 ```
