@@ -45,11 +45,11 @@ def parse_arguments(argv: list[str]) -> tuple[DinoModelArguments, DinoDataArgume
     if unknown:
         raise SystemExit(f"Unknown keys in {known.config}: {unknown}")
     parser.set_defaults(**defaults)
-    model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
+    # The extra --config flag comes back as a namespace between the dataclasses and the leftover strings.
+    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    model_args, data_args, training_args = parsed[:3]
     return model_args, data_args, training_args, demo
 
 

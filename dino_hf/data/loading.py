@@ -597,7 +597,15 @@ class PretrainingLoader:
     def __iter__(self) -> Iterator[ImageBatch]:
         state = self._state
         dataset = _PretrainingStreams(self.source, self.settings, _copy_state(state))
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, collate_fn=_identity, **self.dataloader_kwargs)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            collate_fn=_identity,
+            # A private generator: creating the iterator must not draw from the global RNG that training uses
+            # (drop-path masks), or a resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.settings["seed"]),
+            **self.dataloader_kwargs,
+        )
         num_streams = self.settings["num_streams"]
         for batch in loader:
             stamp = batch.stream_state
@@ -826,6 +834,7 @@ def build_eval_loader(
         collate_fn=_identity,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(0),  # leaves the global RNG of a training run untouched
     )
 
 

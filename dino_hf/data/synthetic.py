@@ -1,11 +1,15 @@
 """The embedded offline dataset: labelled synthetic images generated deterministically on this machine.
 
-Each image shows one of ten shapes, at a random position and size, in a random colour, on a random cluttered
-background. The label is the shape. Colour, position and background dominate the pixels, so raw pixels (and the
-features of a random network) separate the classes poorly; DINO's augmentations (colour jitter, grayscale, crops
-of different scales) make exactly those nuisances irrelevant, so a short self-supervised run learns to group
-images by shape. The dataset is written as parquet shards with a `datasets` `Image` column and a `ClassLabel`
-column and loaded through the same `datasets` path as ImageNet.
+Each image shows three to six copies of one of ten shapes (the label), each in its own random colour and size, at
+random positions, on a background of random colour with smooth colour blotches and pixel noise. Colour dominates
+the pixels, so raw pixels (and the features of a randomly initialised network) separate the classes at chance
+level. Every nuisance is one that DINO's augmentations remove (colour jitter and grayscale remove colour; random
+crops remove position and scale), while the class is visible in almost every crop, global or local, because the
+shape is repeated across the image. A short self-supervised run can therefore learn to group images by shape, and
+k-NN on its features shows it.
+
+The dataset is written as parquet shards with a `datasets` `Image` column (JPEG bytes) and a `ClassLabel` column,
+and loaded through the same `datasets` parquet path as a Hub dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,7 +30,7 @@ EMBEDDED_DATASET_NAME = "embedded"
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "star", "half_disk")
 
 # Bump when the images change, so stale caches are never reused.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 _DEFAULTS = {
     "image_size": 64,
     "train_per_class": 1000,
@@ -65,46 +70,60 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unknown shape {name!r}")
 
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0, 255, size=3)
+def _smooth_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Low-frequency colour blotches `(size, size, 3)` with unit-ish amplitude (bicubic upsampling of a coarse grid)."""
+    cells = int(rng.integers(2, 6))
+    coarse = rng.normal(0.0, 1.0, size=(cells, cells, 3)).astype(np.float32)
+    channels = [
+        np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((size, size), Image.Resampling.BICUBIC))
+        for c in range(3)
+    ]
+    return np.stack(channels, axis=-1)
 
 
-def render_image(label: int, rng: np.random.Generator, image_size: int = 64) -> Image.Image:
-    """One RGB image of shape `SHAPES[label]` with random colour, placement and background."""
+def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    colour = rng.uniform(0, 255, size=3)
+    for _ in range(20):
+        if np.abs(colour - background).sum() > 150:
+            break
+        colour = rng.uniform(0, 255, size=3)
+    return colour
+
+
+def render_image(
+    label: int,
+    rng: np.random.Generator,
+    image_size: int = 64,
+    min_count: int = 3,
+    max_count: int = 6,
+    radius_range: tuple[float, float] = (0.09, 0.16),
+) -> Image.Image:
+    """One RGB image with `min_count`..`max_count` copies of `SHAPES[label]` (radius as a fraction of the side)."""
     scale = 2  # supersampling for smooth edges
     size = image_size * scale
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-
-    # Background: a colour, a smooth gradient and random stripes, so that it carries most of the pixel energy.
-    background = np.empty((size, size, 3), dtype=np.float32)
-    base, other = _random_colour(rng), _random_colour(rng)
-    angle = rng.uniform(0, np.pi)
-    ramp = (np.cos(angle) * xs + np.sin(angle) * ys) / size
-    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-    background[:] = base + (other - base) * ramp[..., None] * rng.uniform(0.2, 0.8)
-    stripe_angle = rng.uniform(0, np.pi)
-    period = rng.uniform(6, 20) * scale
-    stripes = np.sin(
-        2 * np.pi * (np.cos(stripe_angle) * xs + np.sin(stripe_angle) * ys) / period + rng.uniform(0, 6.3)
-    )
-    background += stripes[..., None] * rng.uniform(0, 40, size=3)
-
-    # The shape: random size and position, fully inside the image, in a colour far enough from the background.
-    radius = rng.uniform(0.22, 0.36) * size
-    cx = rng.uniform(radius, size - radius)
-    cy = rng.uniform(radius, size - radius)
-    mask = _shape_mask(SHAPES[label], (xs - cx) / radius, (ys - cy) / radius)
-    background_mean = background[mask].mean(axis=0) if mask.any() else background.mean(axis=(0, 1))
-    colour = _random_colour(rng)
-    for _ in range(20):
-        if np.abs(colour - background_mean).sum() > 180:
-            break
-        colour = _random_colour(rng)
-    shade = 1.0 + 0.25 * ((xs - cx) / radius)[..., None] * rng.uniform(-1, 1)
-    image = np.where(mask[..., None], colour * shade, background)
-    image += rng.normal(0, 6, size=image.shape)
-    pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
-    return pil.resize((image_size, image_size), Image.Resampling.BOX)
+    background = rng.uniform(0, 255, size=3).astype(np.float32)
+    image = np.empty((size, size, 3), dtype=np.float32)
+    image[:] = background
+    image += _smooth_noise(rng, size) * rng.uniform(10, 40)
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(int(rng.integers(min_count, max_count + 1))):
+        # A few tries to avoid overlapping an earlier copy; overlap is allowed if they all fail.
+        for _ in range(30):
+            radius = rng.uniform(*radius_range) * size
+            cx, cy = rng.uniform(radius, size - radius, size=2)
+            if all((cx - x) ** 2 + (cy - y) ** 2 > 0.9 * (radius + r) ** 2 for x, y, r in placed):
+                break
+        placed.append((cx, cy, radius))
+        # Draw inside the shape's bounding box only.
+        x0, x1 = int(max(cx - radius, 0)), int(min(cx + radius + 1, size))
+        y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius + 1, size))
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+        mask = _shape_mask(SHAPES[label], (xs - cx) / radius, (ys - cy) / radius)
+        image[y0:y1, x0:x1][mask] = _contrasting_colour(rng, background)
+    small = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
+    small = np.asarray(small.resize((image_size, image_size), Image.Resampling.BOX), dtype=np.float32)
+    small += 5.0 * rng.standard_normal(small.shape, dtype=np.float32)  # sensor-like noise at the final resolution
+    return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), mode="RGB")
 
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -129,7 +148,20 @@ def generate_shapes_dataset(
     holds every class.
     """
     import datasets
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
+    progress_was_enabled = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        return _write_shards(
+            datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, jpeg_quality
+        )
+    finally:
+        if progress_was_enabled:
+            enable_progress_bar()
+
+
+def _write_shards(datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, quality):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))})
     output_dir = Path(output_dir)
     files: dict[str, list[str]] = {}
@@ -140,7 +172,7 @@ def generate_shapes_dataset(
         labels = np.tile(np.arange(len(SHAPES)), per_class)
         rng.shuffle(labels)
         images = [
-            {"bytes": _encode_jpeg(render_image(int(label), rng, image_size), jpeg_quality), "path": None}
+            {"bytes": _encode_jpeg(render_image(int(label), rng, image_size), quality), "path": None}
             for label in labels
         ]
         split_dir = output_dir / split
@@ -194,7 +226,5 @@ def embedded_dataset_files(cache_dir: str | os.PathLike | None = None, **overrid
         os.replace(staging, target)
     except OSError:
         # Another process finished first; keep its copy.
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
     return embedded_dataset_files(cache_dir, **overrides)

@@ -78,7 +78,7 @@ class KnnMonitor:
                     streaming=data_args.streaming,
                     image_column=data_args.image_column if same_dataset else None,
                     label_column=data_args.label_column if same_dataset else None,
-                    **({"embedded_options": data_args.embedded_options} if _embedded_options(data_args) else {}),
+                    embedded_options=data_args.embedded_options_dict() if same_dataset else None,
                 )
                 for split in (data_args.knn_train_split, data_args.knn_eval_split)
             ]
@@ -149,7 +149,3 @@ class KnnMonitor:
             train_features, train_labels, eval_features, k=min(self.k, len(train_labels)), temperature=0.07
         )
         return (scores.argmax(dim=1) == eval_labels.cpu()).float().mean().item()
-
-
-def _embedded_options(data_args) -> bool:
-    return bool(getattr(data_args, "embedded_options", None))

@@ -6,6 +6,7 @@ dictionary, and Hugging Face conventions for the rest. Every default is the pape
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -50,6 +51,8 @@ class DinoModelArguments:
 
 @dataclass
 class DinoDataArguments:
+    """Where the images come from, how they are cropped, and the optional k-NN monitor."""
+
     dataset_name: str = field(
         # Same value as dino_hf.data.DEFAULT_DATASET_NAME (not imported: this module must not need `datasets`).
         default="timm/imagenet-1k-wds",
@@ -75,16 +78,27 @@ class DinoDataArguments:
     )
     global_crops_size: int = field(default=224, **_help("Side of the global crops (also the model's image_size)."))
     local_crops_size: int = field(default=96, **_help("Side of the local crops."))
-    global_crops_scale: tuple[float, float] = field(
-        default=(0.4, 1.0), **_help("Area range of the global crops, as a fraction of the image.")
+    global_crops_scale: list[float] = field(
+        default_factory=lambda: [0.4, 1.0], **_help("Area range of the global crops, as a fraction of the image.")
     )
-    local_crops_scale: tuple[float, float] = field(
-        default=(0.05, 0.4), **_help("Area range of the local crops, as a fraction of the image.")
+    local_crops_scale: list[float] = field(
+        default_factory=lambda: [0.05, 0.4], **_help("Area range of the local crops, as a fraction of the image.")
     )
     local_crops_number: int = field(default=10, **_help("Local crops per image (0 disables multi-crop)."))
+    augmentation_overrides: str | None = field(
+        default=None,
+        **_help(
+            "JSON object of other MultiCropConfig fields (docs/data.md), e.g. "
+            '\'{"blur_sigma": [0.1, 0.5], "solarize_p_global": [0.0, 0.2]}\'; crop sizes, scales and counts have '
+            "their own flags."
+        ),
+    )
     knn_every_steps: int = field(
-        default=0,
-        **_help("Run a k-NN evaluation of the teacher every this many steps (0: only at the end if labels)."),
+        default=0, **_help("Run a k-NN evaluation of the teacher every this many steps (0: never during the run).")
+    )
+    knn_at_start_and_end: bool = field(
+        default=False,
+        **_help("k-NN of the teacher before training (the random-initialisation baseline) and after the last step."),
     )
     knn_dataset_name: str | None = field(
         default=None, **_help("Labelled dataset for the k-NN monitor (defaults to --dataset_name).")
@@ -94,6 +108,10 @@ class DinoDataArguments:
     knn_train_samples: int = field(default=10_000, **_help("Memory-bank images for the k-NN monitor."))
     knn_eval_samples: int = field(default=2_000, **_help("Query images for the k-NN monitor."))
     knn_k: int = field(default=20, **_help("Neighbours of the k-NN monitor."))
+
+    def embedded_options_dict(self) -> dict | None:
+        """`--embedded_options` parsed from JSON (None when not given)."""
+        return json.loads(self.embedded_options) if self.embedded_options else None
 
 
 @dataclass

@@ -15,7 +15,7 @@ DEMO_RECIPE: dict = {
     "global_crops_size": 32,
     "local_crops_size": 16,
     "local_crops_number": 4,
-    "local_crops_scale": (0.1, 0.4),
+    "local_crops_scale": [0.1, 0.4],
     "per_device_train_batch_size": 64,
     "epochs": 3,
     "warmup_epochs": 0.3,

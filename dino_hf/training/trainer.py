@@ -20,8 +20,14 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from tqdm.auto import tqdm
 
 from ..configuration_dino import DinoConfig
-from ..data import DinoMultiCropAugmentation, MultiCropConfig, build_pretraining_loader, load_image_dataset
-from ..modeling_dino import DinoForSelfDistillation
+from ..data import (
+    DataStats,
+    DinoMultiCropAugmentation,
+    MultiCropConfig,
+    build_pretraining_loader,
+    load_image_dataset,
+)
+from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
 from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError
@@ -83,17 +89,17 @@ def _parse_scalar(value: str) -> Any:
     return value
 
 
-def embedded_options(data_args: DinoDataArguments) -> dict | None:
-    return json.loads(data_args.embedded_options) if data_args.embedded_options else None
-
-
 def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
+    overrides = json.loads(data_args.augmentation_overrides) if data_args.augmentation_overrides else {}
     return MultiCropConfig(
-        global_crops_size=data_args.global_crops_size,
-        local_crops_size=data_args.local_crops_size,
-        global_crops_scale=tuple(data_args.global_crops_scale),
-        local_crops_scale=tuple(data_args.local_crops_scale),
-        local_crops_number=data_args.local_crops_number,
+        **{
+            **overrides,
+            "global_crops_size": data_args.global_crops_size,
+            "local_crops_size": data_args.local_crops_size,
+            "global_crops_scale": tuple(data_args.global_crops_scale),
+            "local_crops_scale": tuple(data_args.local_crops_scale),
+            "local_crops_number": data_args.local_crops_number,
+        }
     )
 
 
@@ -104,7 +110,7 @@ def compile_blocks(model: DinoForSelfDistillation) -> None:
             layer.compile(dynamic=False)
 
 
-StepCallback = Callable[[int, Any, Any], None]
+StepCallback = Callable[[int, Any, DinoSelfDistillationOutput, DinoForSelfDistillation], None]
 
 
 def pretrain(
@@ -115,8 +121,9 @@ def pretrain(
 ) -> PretrainingResult:
     """Pretrain DINO; returns where the checkpoints and the exported teacher backbone are, and the metrics.
 
-    `step_callback(global_step, batch, output)`, if given, runs after every optimizer step and EMA update (on every
-    process), e.g. to inspect the batches or stop the run by raising.
+    `step_callback(global_step, batch, output, model)`, if given, runs after every optimizer step and EMA update (on
+    every process) with the step's `ImageBatch`, its `DinoSelfDistillationOutput` and the unwrapped model, e.g. to
+    inspect the data or stop the run by raising.
     """
     # ----------------------------------------------------------------------------------------------- set-up
     output_dir = Path(training_args.output_dir)
@@ -141,7 +148,7 @@ def pretrain(
         streaming=data_args.streaming,
         image_column=data_args.image_column,
         label_column=data_args.label_column,
-        embedded_options=embedded_options(data_args),
+        embedded_options=data_args.embedded_options_dict(),
     )
     total_batch = training_args.per_device_train_batch_size * world_size
     steps_per_epoch = training_args.steps_per_epoch
@@ -308,7 +315,7 @@ def pretrain(
         )
         progress.update(1)
         if step_callback is not None:
-            step_callback(global_step, batch, output)
+            step_callback(global_step, batch, output, dino)
 
         # ------------------------------------------------------------------------------ logging
         if global_step % training_args.logging_steps == 0 or global_step == max_steps:
@@ -365,7 +372,8 @@ def pretrain(
         global_step=global_step,
         history=history,
         final_metrics=final_metrics,
-        data_stats=data_stats.totals(),
+        data_stats=data_stats.total.to_dict(),
+        model=dino,
     )
     if accelerator.is_main_process:
         from .export import export_pretrained, push_to_hub
@@ -454,27 +462,20 @@ def _format_record(record: dict) -> str:
 
 
 class _DataStatsLog:
-    """Accumulates the data loader's bad-record counters and reports new ones in the training log."""
+    """Accumulates the loader's bad-record counters and reports new skips in the training log."""
 
     def __init__(self) -> None:
-        self._total = None
+        self.total = DataStats()
         self._reported_skipped = 0
 
-    def add(self, stats) -> None:
-        if stats is None:
-            return
-        self._total = stats if self._total is None else self._total.merge(stats)
+    def add(self, stats: DataStats | None) -> None:
+        if stats is not None:
+            self.total += stats
 
     def report(self) -> None:
-        if self._total is None:
-            return
-        skipped = self._total.skipped
-        if skipped > self._reported_skipped:
-            logger.warning("Data: %s", self._total.summary())
-            self._reported_skipped = skipped
-
-    def totals(self) -> dict[str, Any]:
-        return self._total.as_dict() if self._total is not None else {}
+        if self.total.skipped > self._reported_skipped:
+            logger.warning("Data: %s", self.total.summary())
+            self._reported_skipped = self.total.skipped
 
 
 def _training_summary(
@@ -485,6 +486,7 @@ def _training_summary(
     world_size: int,
 ) -> dict[str, Any]:
     return {
+        "hub_model_id": training_args.hub_model_id,
         "arch": model_args.arch,
         "patch_size": model_args.patch_size,
         "dataset_name": data_args.dataset_name,

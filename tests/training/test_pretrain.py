@@ -1,0 +1,189 @@
+"""The pretraining loop end to end on the embedded dataset: export, exact resume, NaN stop, collapse warning, Hub."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from transformers import AutoModel, ViTModel
+
+from dino_hf import DinoViTModel
+from dino_hf.training import (
+    DinoDataArguments,
+    DinoModelArguments,
+    DinoTrainingArguments,
+    NonFiniteLossError,
+    pretrain,
+)
+from dino_hf.training import checkpointing as ckpt
+
+
+@pytest.fixture(scope="module")
+def embedded_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedded")
+
+
+def tiny_run(output_dir, cache_dir, *, model=None, data=None, training=None):
+    model_args = DinoModelArguments(
+        **{
+            "arch": "vit_tiny",
+            "patch_size": 8,
+            "config_overrides": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,head_hidden_dim=64,"
+            "head_bottleneck_dim=16",
+            "out_dim": 64,
+            "drop_path_rate": 0.1,
+            **(model or {}),
+        }
+    )
+    data_args = DinoDataArguments(
+        **{
+            "dataset_name": "embedded",
+            "embedded_options": json.dumps(
+                {"train_per_class": 4, "validation_per_class": 2, "num_shards": 2, "cache_dir": str(cache_dir)}
+            ),
+            "global_crops_size": 32,
+            "local_crops_size": 16,
+            "local_crops_number": 2,
+            "num_workers": 0,
+            "shuffle_buffer_size": 16,
+            **(data or {}),
+        }
+    )
+    training_args = DinoTrainingArguments(
+        **{
+            "output_dir": str(output_dir),
+            "per_device_train_batch_size": 4,
+            "epochs": 2,
+            "steps_per_epoch": 4,
+            "warmup_epochs": 1,
+            "warmup_teacher_temp_epochs": 1,
+            "logging_steps": 1,
+            "checkpointing_steps": 100,
+            "progress_bar": False,
+            "lr": 0.01,
+            **(training or {}),
+        }
+    )
+    return model_args, data_args, training_args
+
+
+def losses(history):
+    return [record["loss"] for record in history if "loss" in record]
+
+
+def test_pretrain_end_to_end_exports_a_loadable_model(tmp_path, embedded_cache):
+    args = tiny_run(
+        tmp_path / "run",
+        embedded_cache,
+        data={"knn_at_start_and_end": True, "knn_train_samples": 40, "knn_eval_samples": 20, "knn_k": 5},
+        training={"export_vit_model": True},
+    )
+    result = pretrain(*args)
+    assert result.global_step == 8
+    assert len(losses(result.history)) == 8 and all(math.isfinite(v) for v in losses(result.history))
+    for key in ("teacher_entropy", "kl_divergence", "lr", "weight_decay", "momentum", "teacher_temp"):
+        assert key in result.history[-2] or key in result.history[-1]
+    knn = [r["knn_top1"] for r in result.history if "knn_top1" in r]
+    assert len(knn) == 2 and all(0.0 <= v <= 1.0 for v in knn)
+    assert result.final_metrics["knn_top1_at_start"] == knn[0]
+
+    export = result.export_dir
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_dino.py"):
+        assert (export / name).exists(), name
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = result.model.teacher.backbone.eval()(pixels).pooler_output
+        for loaded in (DinoViTModel.from_pretrained(export), AutoModel.from_pretrained(export)):
+            assert type(loaded) is DinoViTModel
+            torch.testing.assert_close(loaded.eval()(pixels).pooler_output, expected)
+        vit = ViTModel.from_pretrained(export / "vit").eval()
+        torch.testing.assert_close(vit(pixels).last_hidden_state[:, 0], expected, atol=1e-5, rtol=1e-5)
+    card = (export / "README.md").read_text()
+    assert "pipeline_tag: image-feature-extraction" in card and "| steps | 8 |" in card and "knn_top1" in card
+    processor = json.loads((export / "preprocessor_config.json").read_text())
+    assert processor["crop_size"] == {"height": 32, "width": 32}
+    assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_resume_continues_the_loss_curve_exactly(tmp_path, embedded_cache):
+    uninterrupted = pretrain(*tiny_run(tmp_path / "a", embedded_cache))
+
+    def stop_after_five(step, batch, output, model):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+
+    interrupted_args = tiny_run(tmp_path / "b", embedded_cache, training={"checkpointing_steps": 4})
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(*interrupted_args, step_callback=stop_after_five)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "b")] == ["checkpoint-4"]
+    resumed_args = tiny_run(
+        tmp_path / "b", embedded_cache, training={"checkpointing_steps": 4, "resume_from_checkpoint": "latest"}
+    )
+    resumed = pretrain(*resumed_args)
+    assert resumed.global_step == 8
+    # Bit-exact on CPU in fp32: the same losses, the same teacher, the same center.
+    assert losses(resumed.history) == losses(uninterrupted.history)
+    for (name, a), b in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, embedded_cache):
+    def poison(step, batch, output, model):
+        if step == 3:
+            with torch.no_grad():
+                model.student.backbone.embeddings.cls_token.fill_(float("nan"))
+
+    args = tiny_run(tmp_path, embedded_cache, training={"checkpointing_steps": 2})
+    with pytest.raises(NonFiniteLossError, match="lower --lr"):
+        pretrain(*args, step_callback=poison)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    state = ckpt.load_model_state(ckpt.resolve_checkpoint("latest", tmp_path))
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_collapse_warning_when_the_teacher_is_uniform(tmp_path, embedded_cache, caplog):
+    args = tiny_run(tmp_path, embedded_cache, training={"teacher_temp": 100.0, "warmup_teacher_temp": 100.0})
+    with caplog.at_level(logging.WARNING, logger="dino_hf"):
+        pretrain(*args)
+    assert "Possible collapse" in caplog.text and "uniform" in caplog.text
+
+
+def test_push_to_hub_uploads_model_processor_and_card(tmp_path, embedded_cache, monkeypatch):
+    calls = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        calls["create_repo"] = {"repo_id": repo_id, "private": private}
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):
+        from pathlib import Path
+
+        folder = Path(folder_path)
+        calls["upload_folder"] = {
+            "repo_id": repo_id,
+            "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+            "card": (folder / "README.md").read_text(),
+        }
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    args = tiny_run(
+        tmp_path, embedded_cache, training={"push_to_hub": True, "hub_model_id": "someone/dino-tiny", "max_steps": 2}
+    )
+    pretrain(*args)
+    assert calls["create_repo"] == {"repo_id": "someone/dino-tiny", "private": False}
+    uploaded = calls["upload_folder"]
+    assert uploaded["repo_id"] == "someone/dino-tiny"
+    for name in (
+        "README.md",
+        "config.json",
+        "configuration_dino.py",
+        "model.safetensors",
+        "modeling_dino.py",
+        "preprocessor_config.json",
+    ):
+        assert name in uploaded["files"], name
+    assert "someone/dino-tiny" in uploaded["card"] and "| steps | 2 |" in uploaded["card"]
