@@ -100,6 +100,19 @@ def _parquet_rows(files: list[str]) -> int | None:
         return None
 
 
+def _local_folder_rows(folder: str, split: str) -> int | None:
+    """Rows of a local folder's split when its files are parquet (their metadata holds the count)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder).get(split)
+    except Exception:  # no recognisable layout: the count is only informative
+        return None
+    if not files or not all(str(f).endswith(".parquet") for f in files):
+        return None
+    return _parquet_rows([str(f) for f in files])
+
+
 def _open(
     name: str,
     split: str,
@@ -143,6 +156,8 @@ def _open(
             revision=revision,
             token=token,
         )
+        if os.path.isdir(name) and data_files is None:
+            return dataset, _local_folder_rows(name, split)
     except RuntimeError as err:
         if "Dataset scripts are no longer supported" in str(err):
             raise ValueError(

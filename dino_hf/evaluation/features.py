@@ -16,6 +16,7 @@ pipeline returns `last_hidden_state`, all tokens `(1, 1 + num_patches, D)`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,19 @@ def save_model_with_processor(
     model.save_pretrained(path)
     (processor or dino_image_processor(image_size=model.config.image_size)).save_pretrained(path)
     return path
+
+
+def processor_normalisation(model_name_or_path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std saved with a model (its `preprocessor_config.json`), or ImageNet's when it has none.
+
+    The exported models carry the normalisation they were trained with; evaluation must use the same.
+    """
+    config_file = Path(model_name_or_path) / "preprocessor_config.json"
+    if config_file.is_file():
+        values = json.loads(config_file.read_text())
+        if "image_mean" in values and "image_std" in values:
+            return tuple(values["image_mean"]), tuple(values["image_std"])
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
 def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel:

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..data import EvalTransform, ImageSource, build_eval_loader, load_image_dataset
+from ..data import ImageSource, load_image_dataset
+from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from .datasets import eval_batches
 from .knn import knn_classify
 
 
@@ -48,10 +50,9 @@ class KnnMonitor:
         device: torch.device | str = "cpu",
         cache_limit_bytes: int = 512 * 2**20,
     ) -> None:
-        transform_kwargs = {"image_size": image_size, "resize_size": round(image_size * 256 / 224)}
-        if mean is not None:
-            transform_kwargs.update(mean=mean, std=std)
-        self.transform = EvalTransform(**transform_kwargs)
+        self.image_size = image_size
+        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
+        self.std = tuple(std) if std is not None else IMAGENET_STD
         self.device = torch.device(device)
         self.k = k
         self.splits = {
@@ -106,22 +107,21 @@ class KnnMonitor:
             yield from self._cache[split]
             return
         source, samples = self.splits[split]
-        loader = build_eval_loader(
-            source,
-            self.batch_size,
-            num_workers=self.num_workers,
-            max_images=samples,
-            resize_size=self.transform.resize_size,
-        )
         cached = []
-        for batch in loader:
-            keep = batch.labels >= 0
-            if not bool(keep.any()):
-                continue
-            pixels = self.transform(batch.images[keep].to(self.device), batch.sizes[keep])
-            labels = batch.labels[keep]
+        for pixels, labels, _ in eval_batches(
+            source,
+            image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            max_images=samples,
+        ):
+            keep = labels >= 0
+            pixels, labels = pixels[keep], labels[keep]
             if self.cache_enabled:
-                cached.append((pixels.to("cpu", torch.float16), labels))
+                cached.append((pixels.to("cpu", torch.float16), labels.cpu()))
             yield pixels, labels
         if self.cache_enabled:
             self._cache[split] = cached
@@ -131,7 +131,7 @@ class KnnMonitor:
         """L2-normalised [CLS] features `(N, D)` and labels `(N,)` of one split."""
         features, labels = [], []
         for pixels, batch_labels in self._batches(split):
-            output = backbone(pixels.to(self.device, torch.float32))
+            output = backbone(pixels.to(self.device, torch.float32))  # cached batches are float16 on the CPU
             features.append(F.normalize(output.pooler_output.float(), dim=-1))
             labels.append(batch_labels.to(self.device))
         return torch.cat(features), torch.cat(labels)

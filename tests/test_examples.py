@@ -1,0 +1,150 @@
+"""The example CLIs run end to end on a tiny model and a tiny local copy of the embedded dataset."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_config
+
+from dino_hf import DinoViTModel
+from dino_hf.data.synthetic import embedded_dataset_files
+from dino_hf.evaluation import load_features, save_model_with_processor
+from dino_hf.evaluation.features import dino_image_processor
+
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dataset_folder(tmp_path_factory):
+    files = embedded_dataset_files(
+        tmp_path_factory.mktemp("shapes"), train_per_class=4, validation_per_class=2, num_shards=2
+    )
+    return str(Path(files["train"][0]).parents[1])
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    model = DinoViTModel(tiny_config())
+    save_model_with_processor(model, folder, dino_image_processor(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3))
+    return folder
+
+
+def test_knn_eval(dataset_folder, model_folder, tmp_path):
+    out = tmp_path / "knn.json"
+    results = load_example("knn_eval").main(
+        [
+            "--model_name_or_path",
+            str(model_folder),
+            "--dataset_name",
+            dataset_folder,
+            "--ks",
+            "5",
+            "10",
+            "--num_workers",
+            "0",
+            "--output_file",
+            str(out),
+        ]
+    )
+    assert set(results) == {5, 10}
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"5", "10"} and all(0.0 <= v["top1"] <= 100.0 for v in saved.values())
+
+
+def test_extract_features_parquet_and_safetensors(dataset_folder, model_folder, tmp_path):
+    example = load_example("extract_features")
+    for name in ("features.parquet", "features.safetensors"):
+        example.main(
+            [
+                "--model_name_or_path",
+                str(model_folder),
+                "--dataset_name",
+                dataset_folder,
+                "--split",
+                "validation",
+                "--output_file",
+                str(tmp_path / name),
+                "--normalize",
+                "--num_workers",
+                "0",
+            ]
+        )
+        loaded = load_features(tmp_path / name)
+        assert loaded["features"].shape == (20, 64)
+        torch.testing.assert_close(loaded["features"].norm(dim=1), torch.ones(20))
+        assert sorted(loaded["labels"].tolist()) == sorted([c for c in range(10) for _ in range(2)])
+    ids = json.loads((tmp_path / "features.ids.json").read_text())
+    assert len(ids) == 20 and len(set(ids)) == 20
+
+
+def test_linear_eval(dataset_folder, model_folder, tmp_path):
+    out = tmp_path / "linear.json"
+    result = load_example("linear_eval").main(
+        [
+            "--model_name_or_path",
+            str(model_folder),
+            "--dataset_name",
+            dataset_folder,
+            "--epochs",
+            "2",
+            "--batch_size",
+            "8",
+            "--num_workers",
+            "0",
+            "--output_file",
+            str(out),
+        ]
+    )
+    assert len(result["history"]) == 2 and "eval_top1" in result["history"][-1]
+    assert json.loads(out.read_text())["best_top1"] == result["best_top1"]
+
+
+def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"lr": 0.001, "arch": "vit_base", "local_crops_scale": [0.1, 0.3]}))
+    parse = load_example("pretrain").parse_arguments
+    model_args, data_args, training_args, demo = parse(["--config", str(config), "--lr", "0.002"])
+    assert not demo and training_args.lr == 0.002 and model_args.arch == "vit_base"
+    assert data_args.local_crops_scale == [0.1, 0.3]
+    model_args, data_args, training_args, demo = parse([])
+    assert demo and data_args.dataset_name == "embedded"
+    with pytest.raises(SystemExit):
+        parse(["--not_a_flag", "1"])
+
+
+def test_pretrain_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        load_example("pretrain").parse_arguments(["--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--momentum_teacher",
+        "--warmup_teacher_temp_epochs",
+        "--clip_grad_mode",
+        "--resume_from_checkpoint",
+        "--push_to_hub",
+        "--mixed_precision",
+        "--local_crops_number",
+        "--freeze_last_layer",
+    ):
+        assert flag in text, flag
+    assert "per_parameter" in text and "reference" in text
+
+
+def test_visualize_attention_example_writes_a_png(model_folder, tmp_path):
+    path = load_example("visualize_attention").main(
+        ["--model_name_or_path", str(model_folder), "--output_dir", str(tmp_path), "--image_size", "32"]
+    )
+    assert Path(path).exists() and Path(path).suffix == ".png"

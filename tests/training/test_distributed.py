@@ -1,0 +1,62 @@
+"""Two CPU processes (gloo): the teacher and the center stay identical on both, and each reads disjoint data."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_keep_teacher_and_center_in_sync(tmp_path):
+    worker = Path(__file__).parent / "distributed_worker.py"
+    env = {
+        **os.environ,
+        # `accelerate launch --cpu --num_processes 2` would start one process; torchrun starts two.
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(worker),
+        str(tmp_path),
+        str(tmp_path / "cache"),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+    states = [load_file(str(tmp_path / f"rank{rank}.safetensors")) for rank in (0, 1)]
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+    assert torch.count_nonzero(states[0]["center"]) > 0  # the center did move
+
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert seen[0]["steps"] == seen[1]["steps"] == 4
+    ids = [set(s["ids"]) for s in seen]
+    assert len(seen[0]["ids"]) == len(seen[1]["ids"]) == 4 * 4
+    assert ids[0].isdisjoint(ids[1])
+    # One checkpoint for both processes, with each one's random state and data position.
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert (checkpoint / "rng_state_0.json").exists() and (checkpoint / "rng_state_1.json").exists()
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert trainer_state["world_size"] == 2 and len(trainer_state["stream_states"]) == 2
