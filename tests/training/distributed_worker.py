@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 
