@@ -28,6 +28,18 @@ from PIL import Image
 
 EMBEDDED_DATASET_NAME = "embedded"
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "star", "half_disk")
+PATTERNS = (
+    "horizontal_stripes",
+    "vertical_stripes",
+    "rising_stripes",
+    "falling_stripes",
+    "checkerboard",
+    "dots",
+    "grid",
+    "diagonal_checkerboard",
+    "zigzag",
+    "rings",
+)
 
 # Bump when the images change, so stale caches are never reused.
 _GENERATOR_VERSION = 2
@@ -38,6 +50,7 @@ _DEFAULTS = {
     "seed": 0,
     "num_shards": 8,
     "jpeg_quality": 90,
+    "kind": "shapes",
 }
 
 
@@ -126,6 +139,49 @@ def render_image(
     return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def _pattern(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Binary pattern `(size, size)` of the family `name`, with a random period (6-12 px) and phase."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    period = rng.uniform(6, 12)
+    u = 2 * np.pi * xs / period + rng.uniform(0, 2 * np.pi)
+    v = 2 * np.pi * ys / period + rng.uniform(0, 2 * np.pi)
+    if name == "horizontal_stripes":
+        field = np.sin(v)
+    elif name == "vertical_stripes":
+        field = np.sin(u)
+    elif name == "rising_stripes":
+        field = np.sin((u + v) / np.sqrt(2))
+    elif name == "falling_stripes":
+        field = np.sin((u - v) / np.sqrt(2))
+    elif name == "checkerboard":
+        field = np.sin(u) * np.sin(v)
+    elif name == "dots":
+        field = np.cos(u) + np.cos(v) - 1.0
+    elif name == "grid":
+        field = 2 * np.maximum(np.cos(u), np.cos(v)) - 1.2
+    elif name == "diagonal_checkerboard":
+        field = np.sin((u + v) / np.sqrt(2)) * np.sin((u - v) / np.sqrt(2))
+    elif name == "zigzag":
+        field = np.sin(v + np.pi * 1.5 * np.abs((u / np.pi) % 2 - 1))
+    elif name == "rings":
+        cx, cy = rng.uniform(0, size, size=2)
+        field = np.sin(2 * np.pi * np.hypot(xs - cx, ys - cy) / period + rng.uniform(0, 2 * np.pi))
+    else:
+        raise ValueError(f"Unknown pattern {name!r}")
+    return field > 0
+
+
+def render_texture(label: int, rng: np.random.Generator, image_size: int = 64) -> Image.Image:
+    """One RGB image of the pattern family `PATTERNS[label]` in two random colours, with colour blotches and noise."""
+    mask = _pattern(PATTERNS[label], rng, image_size)[..., None]
+    first = rng.uniform(0, 255, size=3).astype(np.float32)
+    second = _contrasting_colour(rng, first).astype(np.float32)
+    image = np.where(mask, first, second)
+    image += _smooth_noise(rng, image_size) * rng.uniform(10, 40)
+    image += 5.0 * rng.standard_normal(image.shape, dtype=np.float32)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
+
+
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
@@ -141,6 +197,7 @@ def generate_shapes_dataset(
     seed: int = 0,
     num_shards: int = 8,
     jpeg_quality: int = 90,
+    kind: str = "shapes",
 ) -> dict[str, list[str]]:
     """Write the shapes dataset as parquet shards under `output_dir/{train,validation}/` and return the files.
 
@@ -154,25 +211,28 @@ def generate_shapes_dataset(
     disable_progress_bar()
     try:
         return _write_shards(
-            datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, jpeg_quality
+            datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, jpeg_quality, kind
         )
     finally:
         if progress_was_enabled:
             enable_progress_bar()
 
 
-def _write_shards(datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, quality):
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))})
+def _write_shards(
+    datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, quality, kind
+):
+    render, names = {"shapes": (render_image, SHAPES), "textures": (render_texture, PATTERNS)}[kind]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
     output_dir = Path(output_dir)
     files: dict[str, list[str]] = {}
     for split_index, (split, per_class) in enumerate(
         (("train", train_per_class), ("validation", validation_per_class))
     ):
         rng = np.random.default_rng([seed, split_index])
-        labels = np.tile(np.arange(len(SHAPES)), per_class)
+        labels = np.tile(np.arange(len(names)), per_class)
         rng.shuffle(labels)
         images = [
-            {"bytes": _encode_jpeg(render_image(int(label), rng, image_size), quality), "path": None}
+            {"bytes": _encode_jpeg(render(int(label), rng, image_size), quality), "path": None}
             for label in labels
         ]
         split_dir = output_dir / split

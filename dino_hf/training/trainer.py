@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..configuration_dino import DinoConfig
@@ -53,9 +54,13 @@ class PretrainingResult:
 
 
 def resolve_mixed_precision(mode: str) -> str:
-    """`auto`: bf16 on GPUs that have it, fp16 (with loss scaling) on other GPUs, fp32 on CPU."""
+    """`auto`: what `accelerate config`/`accelerate launch --mixed_precision` chose, else bf16 on GPUs that have it,
+    fp16 (with loss scaling) on other GPUs, and fp32 on CPU."""
     if mode != "auto":
         return mode
+    launcher_choice = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher_choice:
+        return launcher_choice
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
@@ -135,6 +140,12 @@ def pretrain(
         # The center is all-reduced inside forward, and the teacher is not trained: no buffer broadcasts needed.
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise NotImplementedError(
+            f"dino_hf pretraining runs on DDP (one or many GPUs and machines); {accelerator.distributed_type} is not "
+            "supported yet: the teacher EMA and the checkpoints need full parameters on every process. See "
+            "docs/training.md (Distributed training)."
+        )
     rank, world_size = accelerator.process_index, accelerator.num_processes
     set_seed(training_args.seed)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -229,9 +240,12 @@ def pretrain(
     )
 
     if report_to:
-        accelerator.init_trackers(
-            "dino_hf", config={**asdict(model_args), **asdict(data_args), **asdict(training_args)}
-        )
+        hyperparameters = {**asdict(model_args), **asdict(data_args), **asdict(training_args)}
+        # Trackers such as TensorBoard take only scalars and strings as hyper-parameters.
+        hyperparameters = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()
+        }
+        accelerator.init_trackers("dino_hf", config=hyperparameters)
     crop_config = multicrop_config(data_args)
     knn_monitor = None
     if accelerator.is_main_process and (data_args.knn_every_steps or data_args.knn_at_start_and_end):

@@ -187,3 +187,19 @@ def test_push_to_hub_uploads_model_processor_and_card(tmp_path, embedded_cache, 
     ):
         assert name in uploaded["files"], name
     assert "someone/dino-tiny" in uploaded["card"] and "| steps | 2 |" in uploaded["card"]
+
+
+def test_metrics_reach_tensorboard(tmp_path, embedded_cache):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = tiny_run(tmp_path, embedded_cache, training={"report_to": "tensorboard", "max_steps": 3})
+    pretrain(*args)
+    event_files = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert event_files
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/teacher_entropy", "train/kl_divergence", "train/lr", "train/momentum"):
+        assert tag in tags, tag
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
