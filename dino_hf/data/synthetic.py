@@ -42,7 +42,7 @@ PATTERNS = (
 )
 
 # Bump when the images change, so stale caches are never reused.
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 _DEFAULTS = {
     "image_size": 64,
     "train_per_class": 1000,
@@ -171,13 +171,25 @@ def _pattern(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
     return field > 0
 
 
+def _colour_field(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random colour field `(size, size, 3)` in [0, 255]: random colours on a coarse grid, upsampled."""
+    cells = int(rng.integers(2, 5))
+    coarse = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.float32)
+    channels = [
+        np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((size, size), Image.Resampling.BILINEAR))
+        for c in range(3)
+    ]
+    return np.stack(channels, axis=-1)
+
+
 def render_texture(label: int, rng: np.random.Generator, image_size: int = 64) -> Image.Image:
     """One RGB image of the pattern family `PATTERNS[label]` in two random colours, with colour blotches and noise."""
     mask = _pattern(PATTERNS[label], rng, image_size)[..., None]
-    first = rng.uniform(0, 255, size=3).astype(np.float32)
-    second = _contrasting_colour(rng, first).astype(np.float32)
+    # Colours drift across the image (a coarse random colour field), so a small crop's colours say little about the
+    # rest of the image: the pattern, not the palette, is what all crops of an image share.
+    first = _colour_field(rng, image_size)
+    second = _colour_field(rng, image_size)
     image = np.where(mask, first, second)
-    image += _smooth_noise(rng, image_size) * rng.uniform(10, 40)
     image += 5.0 * rng.standard_normal(image.shape, dtype=np.float32)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
 
