@@ -188,12 +188,22 @@ class DinoDropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         self.drop_prob = drop_prob
+        # The same probability as a (non-persistent) tensor, for torch.compile: a float attribute is a constant that
+        # every block with another rate would recompile for; a buffer is a graph input, so all blocks share one graph.
+        self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not self.training:
+            return hidden_states
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        if torch.compiler.is_compiling():
+            # Same distribution from the float32 buffer; the float attribute is not even read, so it is not guarded.
+            mask = torch.empty(shape, dtype=self.keep_prob.dtype, device=hidden_states.device)
+            mask = mask.bernoulli_(self.keep_prob) / self.keep_prob
+            return hidden_states * mask.to(hidden_states.dtype)
+        if self.drop_prob == 0.0:
             return hidden_states
         keep_prob = 1.0 - self.drop_prob
-        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
         mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
         return hidden_states * mask.div_(keep_prob)
 
@@ -225,8 +235,13 @@ class DinoEncoder(nn.Module):
     def __init__(self, config: DinoConfig, drop_path_rate: float) -> None:
         super().__init__()
         # Stochastic depth grows linearly with depth, as in the reference.
-        rates = [x.item() for x in torch.linspace(0, drop_path_rate, config.num_hidden_layers)]
+        # On the CPU explicitly, so that building the model under a `torch.device("meta")` context works.
+        rates = torch.linspace(0, drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layer = nn.ModuleList([DinoLayer(config, drop_path=rate) for rate in rates])
+        if drop_path_rate > 0.0:
+            # The first block's rate is 0: give it a (no-op) DinoDropPath rather than an Identity anyway, so that every
+            # block has the same structure and compiled blocks share one graph (see `compile_blocks`).
+            self.layer[0].drop_path = DinoDropPath(rates[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -636,7 +651,8 @@ class DinoCenter(nn.Module):
 
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:
-        batch_center = teacher_logits.detach().float().sum(dim=0, keepdim=True)
+        # Accumulate in float32 without materialising a float32 copy of half-precision logits.
+        batch_center = teacher_logits.detach().sum(dim=0, keepdim=True, dtype=torch.float32)
         count = teacher_logits.shape[0]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_center)
@@ -746,6 +762,7 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         num_global_crops: int = 2,
         update_center: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool = True,
     ) -> DinoSelfDistillationOutput | tuple:
         """
         Args:
@@ -757,6 +774,9 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             num_global_crops (`int`, defaults to 2): G.
             update_center (`bool`, *optional*): update the center after the loss; defaults to `self.training`.
             return_dict (`bool`, *optional*): return a [`DinoSelfDistillationOutput`] instead of a tuple.
+            return_logits (`bool`, defaults to `True`): include `student_logits` and `teacher_logits` in the output.
+                The training step passes False: the logits are `((G + L) * B, out_dim)`, and returning them would
+                keep them alive after the step (and under accelerate's mixed precision, copy them to float32).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         update_center = self.training if update_center is None else update_center
@@ -786,8 +806,8 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             teacher_entropy=loss_output.teacher_entropy,
             kl_divergence=loss_output.kl_divergence,
             teacher_mean_entropy=loss_output.teacher_mean_entropy,
-            student_logits=student_logits,
-            teacher_logits=teacher_logits,
+            student_logits=student_logits if return_logits else None,
+            teacher_logits=teacher_logits if return_logits else None,
         )
         return output if return_dict else output.to_tuple()
 
