@@ -169,6 +169,26 @@ class DinoSelfAttention(nn.Module):
         attn_output = self.proj(attn_output.reshape(batch_size, seq_len, -1))
         return attn_output, attn_weights
 
+    def forward_cls(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The attention output of the [CLS] token only, `(B, 1, D)`: keys and values from every token, one query.
+
+        Equal to `forward(hidden_states)[0][:, :1]` (up to rounding) without the queries, attention rows and output
+        projection of the other tokens.
+        """
+        batch_size, seq_len, dim = hidden_states.shape
+        weight, bias = self.qkv.weight, self.qkv.bias
+        query = F.linear(hidden_states[:, :1], weight[:dim], None if bias is None else bias[:dim])
+        key_value = F.linear(hidden_states, weight[dim:], None if bias is None else bias[dim:])
+        query = query.reshape(batch_size, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        key, value = key_value.reshape(batch_size, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self, query, key, value, None, scaling=self.scaling, dropout=0.0, is_causal=False
+        )
+        return self.proj(attn_output.reshape(batch_size, 1, -1))
+
 
 class DinoMLP(nn.Module):
     def __init__(self, config: DinoConfig) -> None:
@@ -188,12 +208,22 @@ class DinoDropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         self.drop_prob = drop_prob
+        # The same probability as a (non-persistent) tensor, for torch.compile: a float attribute is a constant that
+        # every block with another rate would recompile for; a buffer is a graph input, so all blocks share one graph.
+        self.register_buffer("keep_prob", torch.tensor(1.0 - drop_prob), persistent=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not self.training:
+            return hidden_states
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        if torch.compiler.is_compiling():
+            # Same distribution from the float32 buffer; the float attribute is not even read, so it is not guarded.
+            mask = torch.empty(shape, dtype=self.keep_prob.dtype, device=hidden_states.device)
+            mask = mask.bernoulli_(self.keep_prob) / self.keep_prob
+            return hidden_states * mask.to(hidden_states.dtype)
+        if self.drop_prob == 0.0:
             return hidden_states
         keep_prob = 1.0 - self.drop_prob
-        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
         mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
         return hidden_states * mask.div_(keep_prob)
 
@@ -220,13 +250,29 @@ class DinoLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         return hidden_states, attn_weights
 
+    def forward_cls(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The block's output for the [CLS] token only, `(B, 1, D)`, from all `(B, N, D)` input tokens.
+
+        Equal to `forward(hidden_states)[0][:, :1]` up to rounding (the same drop-path draws in training), for the
+        last block when only the [CLS] feature is needed: every other token's MLP, output projection, query and
+        attention row is skipped.
+        """
+        cls_token = hidden_states[:, :1]
+        cls_token = cls_token + self.drop_path(self.attention.forward_cls(self.norm1(hidden_states)))
+        return cls_token + self.drop_path(self.mlp(self.norm2(cls_token)))
+
 
 class DinoEncoder(nn.Module):
     def __init__(self, config: DinoConfig, drop_path_rate: float) -> None:
         super().__init__()
         # Stochastic depth grows linearly with depth, as in the reference.
-        rates = [x.item() for x in torch.linspace(0, drop_path_rate, config.num_hidden_layers)]
+        # On the CPU explicitly, so that building the model under a `torch.device("meta")` context works.
+        rates = torch.linspace(0, drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layer = nn.ModuleList([DinoLayer(config, drop_path=rate) for rate in rates])
+        if drop_path_rate > 0.0:
+            # The first block's rate is 0: give it a (no-op) DinoDropPath rather than an Identity anyway, so that every
+            # block has the same structure and compiled blocks share one graph (see `compile_blocks`).
+            self.layer[0].drop_path = DinoDropPath(rates[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -375,6 +421,21 @@ class DinoViTModel(DinoPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
+
+    def get_cls_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The DINO feature, `(B, D)`: `forward(pixel_values).pooler_output` (up to rounding), without the work that
+        does not reach it.
+
+        The [CLS] token after the last block depends on every token's keys and values in that block, but on no other
+        token's MLP, query or output projection, and the final LayerNorm acts on each token alone: the last block and
+        the LayerNorm run for [CLS] only (about 6% of a ViT-S/16 training step's FLOPs). The training forward uses
+        this; other blocks run (and compile, and checkpoint) as usual.
+        """
+        hidden_states = self.embeddings(pixel_values)
+        *blocks, last = self.encoder.layer
+        for layer in blocks:
+            hidden_states, _ = layer(hidden_states)
+        return self.layernorm(last.forward_cls(hidden_states)[:, 0])
 
     def get_intermediate_layers(self, pixel_values: torch.Tensor, n: int = 1) -> tuple[torch.Tensor, ...]:
         """The last `n` blocks' outputs, each through the final LayerNorm: `n` tensors `(B, 1 + num_patches, D)`.
@@ -636,7 +697,8 @@ class DinoCenter(nn.Module):
 
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:
-        batch_center = teacher_logits.detach().float().sum(dim=0, keepdim=True)
+        # Accumulate in float32 without materialising a float32 copy of half-precision logits.
+        batch_center = teacher_logits.detach().sum(dim=0, keepdim=True, dtype=torch.float32)
         count = teacher_logits.shape[0]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_center)
@@ -650,7 +712,11 @@ class DinoCenter(nn.Module):
 
 
 class DinoBackboneWithHead(nn.Module):
-    """A backbone and a head: `(N, C, H, W)` crops -> `(N, out_dim)` logits, one backbone pass per resolution."""
+    """A backbone and a head: `(N, C, H, W)` crops -> `(N, out_dim)` logits.
+
+    One backbone pass per resolution (`get_cls_features`: the last block for [CLS] only), then one head pass on all
+    the features.
+    """
 
     def __init__(self, backbone: DinoViTModel, head: DinoHead) -> None:
         super().__init__()
@@ -658,7 +724,7 @@ class DinoBackboneWithHead(nn.Module):
         self.head = head
 
     def forward(self, *crops: torch.Tensor | None) -> torch.Tensor:
-        features = [self.backbone(c, return_dict=True).pooler_output for c in crops if c is not None]
+        features = [self.backbone.get_cls_features(c) for c in crops if c is not None]
         return self.head(torch.cat(features) if len(features) > 1 else features[0])
 
 
@@ -746,6 +812,7 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         num_global_crops: int = 2,
         update_center: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool = True,
     ) -> DinoSelfDistillationOutput | tuple:
         """
         Args:
@@ -757,6 +824,9 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             num_global_crops (`int`, defaults to 2): G.
             update_center (`bool`, *optional*): update the center after the loss; defaults to `self.training`.
             return_dict (`bool`, *optional*): return a [`DinoSelfDistillationOutput`] instead of a tuple.
+            return_logits (`bool`, defaults to `True`): include `student_logits` and `teacher_logits` in the output.
+                The training step passes False: the logits are `((G + L) * B, out_dim)`, and returning them would
+                keep them alive after the step (and under accelerate's mixed precision, copy them to float32).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         update_center = self.training if update_center is None else update_center
@@ -786,8 +856,8 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             teacher_entropy=loss_output.teacher_entropy,
             kl_divergence=loss_output.kl_divergence,
             teacher_mean_entropy=loss_output.teacher_mean_entropy,
-            student_logits=student_logits,
-            teacher_logits=teacher_logits,
+            student_logits=student_logits if return_logits else None,
+            teacher_logits=teacher_logits if return_logits else None,
         )
         return output if return_dict else output.to_tuple()
 

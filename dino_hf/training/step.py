@@ -2,7 +2,8 @@
 
 teacher forward on the global crops -> student forward on all crops -> loss and center update -> backward ->
 (unscale) -> clip -> drop the last layer's gradients while it is frozen -> optimizer step -> teacher EMA.
-No host synchronisation happens here: every returned value is a device tensor.
+No host synchronisation happens here: every returned value is a device tensor (`tests/training/test_performance.py`
+checks this with `forbid_host_sync`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class DinoTrainingStep:
         optimizer: the prepared optimizer over the student's parameters.
         clip_grad: maximum gradient norm; 0 disables clipping.
         clip_grad_mode: `"per_parameter"` (the reference) or `"global"`.
+        return_logits: keep the student and teacher logits in `StepOutput.output` (default: only the loss and the
+            monitoring scalars, so the `(views * B, out_dim)` logits are freed before the next step).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class DinoTrainingStep:
         optimizer: torch.optim.Optimizer,
         clip_grad: float = 3.0,
         clip_grad_mode: str = "per_parameter",
+        return_logits: bool = False,
     ) -> None:
         if clip_grad_mode not in ("per_parameter", "global"):
             raise ValueError(f"clip_grad_mode must be per_parameter or global, got {clip_grad_mode!r}.")
@@ -57,12 +61,16 @@ class DinoTrainingStep:
         self.clip_grad = clip_grad
         self.clip = clip_gradients_per_parameter if clip_grad_mode == "per_parameter" else clip_gradients_global
         self.student_params = [p for p in self.dino.student.parameters() if p.requires_grad]
+        self.return_logits = return_logits
 
     def __call__(
         self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, values: ScheduleValues
     ) -> StepOutput:
         set_optimizer_values(self.optimizer, values.lr, values.weight_decay)
-        output = self.model(global_crops, local_crops, teacher_temp=values.teacher_temp)
+        # The temperature changes every step during its warm-up: as a device tensor (filled by a kernel, no copy from
+        # the host) it is a graph input of a compiled loss rather than a constant that would trigger a recompilation.
+        teacher_temp = torch.full((), values.teacher_temp, device=global_crops.device)
+        output = self.model(global_crops, local_crops, teacher_temp=teacher_temp, return_logits=self.return_logits)
         self.accelerator.backward(output.loss)
         if self.accelerator.scaler is not None:
             self.accelerator.unscale_gradients()

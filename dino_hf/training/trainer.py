@@ -33,6 +33,7 @@ from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
 from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError
 from .optimization import create_optimizer
+from .performance import compile_blocks
 from .schedules import DinoSchedules
 from .step import DinoTrainingStep
 
@@ -106,13 +107,6 @@ def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
             "local_crops_number": data_args.local_crops_number,
         }
     )
-
-
-def compile_blocks(model: DinoForSelfDistillation) -> None:
-    """Regional compilation: every transformer block shares one compiled graph, so compiling takes seconds."""
-    for network in (model.student, model.teacher):
-        for layer in network.backbone.encoder.layer:
-            layer.compile(dynamic=False)
 
 
 StepCallback = Callable[[int, Any, DinoSelfDistillationOutput, DinoForSelfDistillation], None]
