@@ -385,6 +385,11 @@ def pretrain(
     )
     if accelerator.is_main_process:
         from .export import export_pretrained, push_to_hub
+        from .plots import plot_history
+
+        curves = plot_history(history, output_dir / "training_curves.png")
+        if curves is not None:
+            logger.info("Training curves: %s", curves)
 
         result.export_dir = export_pretrained(
             dino,

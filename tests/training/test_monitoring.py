@@ -43,3 +43,17 @@ def test_one_hot_collapse_warning():
     healthy = CollapseMonitor(out_dim=1024, patience=1)
     # Sharp per-image distributions spread over many prototypes are healthy.
     assert healthy.check(0.01, math.log(200), step=5) == []
+
+
+def test_training_curves_png(tmp_path):
+    from PIL import Image
+
+    from dino_hf.training.plots import plot_history
+
+    history = [{"step": s, "loss": 5.0 - 0.1 * s, "teacher_entropy": 3.0, "lr": 1e-3} for s in range(1, 11)]
+    history += [{"step": 0, "knn_top1": 0.1}, {"step": 10, "knn_top1": 0.4}]
+    path = plot_history(history, tmp_path / "curves.png")
+    image = Image.open(path)
+    assert image.size == (3 * 420, 2 * 240)  # loss, entropy, lr, k-NN: four panels on two rows
+    assert len(set(image.convert("L").getdata())) > 5  # something was drawn
+    assert plot_history([{"step": 1}], tmp_path / "none.png") is None
