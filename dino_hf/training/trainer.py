@@ -197,7 +197,8 @@ def pretrain(
     if model_args.torch_compile:
         compile_blocks(dino)
 
-    augment = DinoMultiCropAugmentation(multicrop_config(data_args)).to(accelerator.device)
+    crop_config = multicrop_config(data_args)
+    augment = DinoMultiCropAugmentation(crop_config).to(accelerator.device)
     # Each process draws different crops; the seed makes them reproducible.
     generator = torch.Generator(device=accelerator.device).manual_seed(training_args.seed * 1000 + rank)
 
@@ -231,6 +232,8 @@ def pretrain(
         resume_state=stream_state,
         max_bad_fraction=data_args.max_bad_fraction,
         pin_memory=accelerator.device.type == "cuda",
+        # Decode large JPEGs at reduced scale, but never below what the smallest crop needs.
+        decode_min_pixels=crop_config.decode_min_pixels,
     )
 
     if report_to:
@@ -240,7 +243,6 @@ def pretrain(
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()
         }
         accelerator.init_trackers("dino_hf", config=hyperparameters)
-    crop_config = multicrop_config(data_args)
     knn_monitor = None
     if accelerator.is_main_process and (data_args.knn_every_steps or data_args.knn_at_start_and_end):
         from ..evaluation.knn_monitor import KnnMonitor
