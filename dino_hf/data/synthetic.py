@@ -1,12 +1,12 @@
 """The embedded offline dataset: labelled synthetic images generated deterministically on this machine.
 
-Each image shows three to six copies of one of ten shapes (the label), each in its own random colour and size, at
-random positions, on a background of random colour with smooth colour blotches and pixel noise. Colour dominates
-the pixels, so raw pixels (and the features of a randomly initialised network) separate the classes at chance
-level. Every nuisance is one that DINO's augmentations remove (colour jitter and grayscale remove colour; random
-crops remove position and scale), while the class is visible in almost every crop, global or local, because the
-shape is repeated across the image. A short self-supervised run can therefore learn to group images by shape, and
-k-NN on its features shows it.
+Each image shows three to six dark copies of one of ten shapes (the label) at random positions and sizes on a
+light background, with random grey levels and pixel noise. The class is visible in almost every crop, global or
+local, because the shape is repeated across the image, while everything else that differs between images
+(position, size, count, the two grey levels) is what DINO's augmentations change between views (random crops,
+brightness and contrast jitter). Learning what all views of an image share therefore means learning the shape. A
+randomly initialised ViT separates the classes poorly (k-NN about 34% with ten classes), and a five-minute DINO run
+on two CPU cores improves on it clearly (the README has the measured numbers).
 
 The dataset is written as parquet shards with a `datasets` `Image` column (JPEG bytes) and a `ClassLabel` column,
 and loaded through the same `datasets` parquet path as a Hub dataset.
@@ -28,21 +28,9 @@ from PIL import Image
 
 EMBEDDED_DATASET_NAME = "embedded"
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "star", "half_disk")
-PATTERNS = (
-    "horizontal_stripes",
-    "vertical_stripes",
-    "rising_stripes",
-    "falling_stripes",
-    "checkerboard",
-    "dots",
-    "grid",
-    "diagonal_checkerboard",
-    "zigzag",
-    "rings",
-)
 
 # Bump when the images change, so stale caches are never reused.
-_GENERATOR_VERSION = 3
+_GENERATOR_VERSION = 4
 _DEFAULTS = {
     "image_size": 64,
     "train_per_class": 1000,
@@ -50,7 +38,6 @@ _DEFAULTS = {
     "seed": 0,
     "num_shards": 8,
     "jpeg_quality": 90,
-    "kind": "shapes",
 }
 
 
@@ -83,26 +70,6 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unknown shape {name!r}")
 
 
-def _smooth_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Low-frequency colour blotches `(size, size, 3)` with unit-ish amplitude (bicubic upsampling of a coarse grid)."""
-    cells = int(rng.integers(2, 6))
-    coarse = rng.normal(0.0, 1.0, size=(cells, cells, 3)).astype(np.float32)
-    channels = [
-        np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((size, size), Image.Resampling.BICUBIC))
-        for c in range(3)
-    ]
-    return np.stack(channels, axis=-1)
-
-
-def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
-    colour = rng.uniform(0, 255, size=3)
-    for _ in range(20):
-        if np.abs(colour - background).sum() > 150:
-            break
-        colour = rng.uniform(0, 255, size=3)
-    return colour
-
-
 def render_image(
     label: int,
     rng: np.random.Generator,
@@ -111,13 +78,14 @@ def render_image(
     max_count: int = 6,
     radius_range: tuple[float, float] = (0.09, 0.16),
 ) -> Image.Image:
-    """One RGB image with `min_count`..`max_count` copies of `SHAPES[label]` (radius as a fraction of the side)."""
+    """One RGB image with `min_count`..`max_count` dark copies of `SHAPES[label]` on a light background.
+
+    Radii are fractions of the side; the two grey levels, the positions and the sizes are random.
+    """
     scale = 2  # supersampling for smooth edges
     size = image_size * scale
-    background = rng.uniform(0, 255, size=3).astype(np.float32)
-    image = np.empty((size, size, 3), dtype=np.float32)
-    image[:] = background
-    image += _smooth_noise(rng, size) * rng.uniform(10, 40)
+    light, dark = rng.uniform(170, 255), rng.uniform(0, 90)
+    image = np.full((size, size, 3), light, dtype=np.float32)
     placed: list[tuple[float, float, float]] = []
     for _ in range(int(rng.integers(min_count, max_count + 1))):
         # A few tries to avoid overlapping an earlier copy; overlap is allowed if they all fail.
@@ -132,66 +100,11 @@ def render_image(
         y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius + 1, size))
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
         mask = _shape_mask(SHAPES[label], (xs - cx) / radius, (ys - cy) / radius)
-        image[y0:y1, x0:x1][mask] = _contrasting_colour(rng, background)
-    small = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
+        image[y0:y1, x0:x1][mask] = dark
+    small = Image.fromarray(image.astype(np.uint8), mode="RGB")
     small = np.asarray(small.resize((image_size, image_size), Image.Resampling.BOX), dtype=np.float32)
     small += 5.0 * rng.standard_normal(small.shape, dtype=np.float32)  # sensor-like noise at the final resolution
     return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), mode="RGB")
-
-
-def _pattern(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Binary pattern `(size, size)` of the family `name`, with a random period (6-12 px) and phase."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    period = rng.uniform(6, 12)
-    u = 2 * np.pi * xs / period + rng.uniform(0, 2 * np.pi)
-    v = 2 * np.pi * ys / period + rng.uniform(0, 2 * np.pi)
-    if name == "horizontal_stripes":
-        field = np.sin(v)
-    elif name == "vertical_stripes":
-        field = np.sin(u)
-    elif name == "rising_stripes":
-        field = np.sin((u + v) / np.sqrt(2))
-    elif name == "falling_stripes":
-        field = np.sin((u - v) / np.sqrt(2))
-    elif name == "checkerboard":
-        field = np.sin(u) * np.sin(v)
-    elif name == "dots":
-        field = np.cos(u) + np.cos(v) - 1.0
-    elif name == "grid":
-        field = 2 * np.maximum(np.cos(u), np.cos(v)) - 1.2
-    elif name == "diagonal_checkerboard":
-        field = np.sin((u + v) / np.sqrt(2)) * np.sin((u - v) / np.sqrt(2))
-    elif name == "zigzag":
-        field = np.sin(v + np.pi * 1.5 * np.abs((u / np.pi) % 2 - 1))
-    elif name == "rings":
-        cx, cy = rng.uniform(0, size, size=2)
-        field = np.sin(2 * np.pi * np.hypot(xs - cx, ys - cy) / period + rng.uniform(0, 2 * np.pi))
-    else:
-        raise ValueError(f"Unknown pattern {name!r}")
-    return field > 0
-
-
-def _colour_field(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random colour field `(size, size, 3)` in [0, 255]: random colours on a coarse grid, upsampled."""
-    cells = int(rng.integers(2, 5))
-    coarse = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.float32)
-    channels = [
-        np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((size, size), Image.Resampling.BILINEAR))
-        for c in range(3)
-    ]
-    return np.stack(channels, axis=-1)
-
-
-def render_texture(label: int, rng: np.random.Generator, image_size: int = 64) -> Image.Image:
-    """One RGB image of the pattern family `PATTERNS[label]` in two random colours, with colour blotches and noise."""
-    mask = _pattern(PATTERNS[label], rng, image_size)[..., None]
-    # Colours drift across the image (a coarse random colour field), so a small crop's colours say little about the
-    # rest of the image: the pattern, not the palette, is what all crops of an image share.
-    first = _colour_field(rng, image_size)
-    second = _colour_field(rng, image_size)
-    image = np.where(mask, first, second)
-    image += 5.0 * rng.standard_normal(image.shape, dtype=np.float32)
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
 
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -209,7 +122,6 @@ def generate_shapes_dataset(
     seed: int = 0,
     num_shards: int = 8,
     jpeg_quality: int = 90,
-    kind: str = "shapes",
 ) -> dict[str, list[str]]:
     """Write the shapes dataset as parquet shards under `output_dir/{train,validation}/` and return the files.
 
@@ -223,28 +135,25 @@ def generate_shapes_dataset(
     disable_progress_bar()
     try:
         return _write_shards(
-            datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, jpeg_quality, kind
+            datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, jpeg_quality
         )
     finally:
         if progress_was_enabled:
             enable_progress_bar()
 
 
-def _write_shards(
-    datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, quality, kind
-):
-    render, names = {"shapes": (render_image, SHAPES), "textures": (render_texture, PATTERNS)}[kind]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+def _write_shards(datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, quality):
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))})
     output_dir = Path(output_dir)
     files: dict[str, list[str]] = {}
     for split_index, (split, per_class) in enumerate(
         (("train", train_per_class), ("validation", validation_per_class))
     ):
         rng = np.random.default_rng([seed, split_index])
-        labels = np.tile(np.arange(len(names)), per_class)
+        labels = np.tile(np.arange(len(SHAPES)), per_class)
         rng.shuffle(labels)
         images = [
-            {"bytes": _encode_jpeg(render(int(label), rng, image_size), quality), "path": None}
+            {"bytes": _encode_jpeg(render_image(int(label), rng, image_size), quality), "path": None}
             for label in labels
         ]
         split_dir = output_dir / split
