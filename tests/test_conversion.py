@@ -210,7 +210,9 @@ def test_full_checkpoint_config_is_inferred_from_weights_and_args(with_args):
     for name in ("head_hidden_dim", "head_bottleneck_dim", "head_num_layers", "use_bn_in_head", "norm_last_layer"):
         assert getattr(inferred, name) == getattr(config, name), name
     # Without args, the stochastic depth and temperature are DinoConfig's defaults.
-    assert (inferred.drop_path_rate, inferred.teacher_temp) == ((0.05, 0.07) if with_args else (0.1, DinoConfig().teacher_temp))
+    assert (inferred.drop_path_rate, inferred.teacher_temp) == (
+        (0.05, 0.07) if with_args else (0.1, DinoConfig().teacher_temp)
+    )
     theirs, ours = source.state_dict(), model.state_dict()
     assert sorted(theirs) == sorted(ours)
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
