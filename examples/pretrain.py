@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args, demo = parse_arguments(sys.argv[1:] if argv is None else argv)
     if demo:
         print("No arguments: running the offline demo recipe (see docs/training.md). Use --help for all flags.")
+    start = time.perf_counter()
     result = pretrain(model_args, data_args, training_args)
-    print(f"Finished {result.global_step} steps; exported model: {result.export_dir}")
+    minutes, seconds = divmod(round(time.perf_counter() - start), 60)
+    print(f"Finished {result.global_step} steps in {minutes}m{seconds:02d}s; exported model: {result.export_dir}")
     knn = [r for r in result.history if "knn_top1" in r]
     if knn:
         start, end = knn[0], knn[-1]
