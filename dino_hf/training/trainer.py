@@ -191,6 +191,12 @@ def pretrain(
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
+    if model.config.use_bn_in_head and world_size > 1:
+        if accelerator.device.type in ("cuda", "xpu"):
+            # As the reference: head BatchNorm statistics over the global batch, not each process's share.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            logger.warning("SyncBatchNorm needs GPUs: the head's BatchNorm uses per-process batch statistics here.")
     optimizer = create_optimizer(model.student, lr=schedules.lr, weight_decay=schedules.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     dino: DinoForSelfDistillation = accelerator.unwrap_model(model)
