@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,18 @@ def test_visualize_attention_example_writes_a_png(model_folder, tmp_path):
         ["--model_name_or_path", str(model_folder), "--output_dir", str(tmp_path), "--image_size", "32"]
     )
     assert Path(path).exists() and Path(path).suffix == ".png"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DINO_HF_SLOW_TESTS"), reason="the full demo takes about 6 minutes; DINO_HF_SLOW_TESTS=1"
+)
+def test_demo_recipe_beats_random_features_by_ten_points(tmp_path):
+    """The README's claim: `python examples/pretrain.py` with no arguments lifts k-NN by at least 10 points."""
+    pretrain_example = load_example("pretrain")
+    model_args, data_args, training_args, demo = pretrain_example.parse_arguments([])
+    assert demo
+    training_args.output_dir = str(tmp_path / "demo")
+    training_args.progress_bar = False
+    result = pretrain_example.pretrain(model_args, data_args, training_args)
+    knn = [record["knn_top1"] for record in result.history if "knn_top1" in record]
+    assert len(knn) == 2 and knn[1] >= knn[0] + 0.10, knn
