@@ -328,7 +328,7 @@ def _peak_memory_gib(device: torch.device) -> float | None:
     return None
 
 
-def _compile_stats() -> dict[str, int]:
+def compile_stats() -> dict[str, int]:
     """Graphs dynamo compiled in this process and graph breaks: a compiled block should be 1 graph per variant."""
     counters = torch._dynamo.utils.counters
     return {
@@ -411,7 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {key: getattr(args, key) for key in CONFIG_KEYS},
         "mixed_precision": accelerator.mixed_precision,
         "compiled_regions": compiled,
-        "compile_stats": _compile_stats(),
+        "compile_stats": compile_stats(),
         "environment": environment(device),
         "images_per_s": images_per_s,
         "ms_per_step_median": statistics.median(steps_ms),

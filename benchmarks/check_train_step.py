@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from bench_train_step import make_accelerator, synthetic_crops  # noqa: E402
+from bench_train_step import compile_stats, make_accelerator, synthetic_crops  # noqa: E402
 
 from dino_hf import DinoConfig, DinoForSelfDistillation  # noqa: E402
 from dino_hf.training.optimization import create_optimizer  # noqa: E402
@@ -101,10 +101,6 @@ def relative_difference(actual: Sequence[torch.Tensor], expected: Sequence[torch
     return (diff / max(norm, 1e-300)) ** 0.5
 
 
-def _unique_graphs() -> int:
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-
-
 def compare_compiled_to_eager(
     device: str = "cpu",
     mixed_precision: str = "no",
@@ -143,8 +139,8 @@ def compare_compiled_to_eager(
             step_losses[name].append(result.output.loss.detach())
             grad_norms[name].append(result.grad_norm.detach())
         if index == 0:
-            graphs_after_first_step = _unique_graphs()
-    recompiled = _unique_graphs() - graphs_after_first_step
+            graphs_after_first_step = compile_stats()["unique_graphs"]
+    recompiled = compile_stats()["unique_graphs"] - graphs_after_first_step
 
     diffs = {
         "loss": relative_difference([losses["compiled"]], [losses["eager"]]),

@@ -121,7 +121,9 @@ class KnnMonitor:
             keep = labels >= 0
             pixels, labels = pixels[keep], labels[keep]
             if self.cache_enabled:
-                cached.append((pixels.to("cpu", torch.float16), labels.cpu()))
+                # Round to the cache's float16 now too, so the first evaluation sees the same inputs as later ones.
+                pixels = pixels.to("cpu", torch.float16)
+                cached.append((pixels, labels.cpu()))
             yield pixels, labels
         if self.cache_enabled:
             self._cache[split] = cached

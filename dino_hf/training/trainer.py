@@ -515,7 +515,7 @@ def _training_summary(
         "world_size": world_size,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "epochs": training_args.epochs,
-        "crops": f"{2}x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
+        "crops": f"2x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
         "final_metrics": result.final_metrics,
         "args": {**asdict(model_args), **asdict(data_args), **asdict(training_args)},
     }
