@@ -49,3 +49,17 @@ def tiny_config(**overrides):
     )
     values.update(overrides)
     return DinoConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory):
+    """A saved random tiny backbone with its image processor (mean 0.5, std 0.25), for the evaluation CLIs."""
+    from dino_hf import DinoViTModel
+    from dino_hf.evaluation import save_model_with_processor
+    from dino_hf.evaluation.features import dino_image_processor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    processor = dino_image_processor(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    save_model_with_processor(DinoViTModel(tiny_config()), folder, processor)
+    return folder

@@ -254,12 +254,95 @@ def save_attention_grid(
     return grid
 
 
+def read_frames(path: str | Path) -> tuple[list[Image.Image], list[str], float | None]:
+    """The frames of a video: a folder of images (sorted by name) or a video file.
+
+    Video files need the optional `imageio` with its `pyav` plugin (`pip install imageio av`).
+
+    Returns:
+        The RGB frames, a name per frame (the file stems, or `frame-00000`...), and the video's frame rate when the
+        file states one (`None` for a folder).
+    """
+    from .images import list_images, load_rgb
+
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise FileNotFoundError(f"No image files in {path}.")
+        return [load_rgb(f) for f in files], [f.stem for f in files], None
+    try:
+        import imageio.v3 as iio
+    except ImportError as error:
+        raise ImportError(
+            f"Reading the video file {path} needs imageio and av (pip install imageio av); or pass a folder of frames."
+        ) from error
+    frames = [Image.fromarray(frame).convert("RGB") for frame in iio.imiter(path, plugin="pyav")]
+    fps = iio.immeta(path, plugin="pyav").get("fps")
+    return frames, [f"frame-{i:05d}" for i in range(len(frames))], fps
+
+
+def save_animation(images: Sequence[Image.Image], path: str | Path, fps: float = 10.0) -> Path:
+    """Write frames as an animated GIF (PIL) or, for a `.mp4` path, an MP4 (needs `imageio` with `av`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        first, *rest = images
+        first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+        return path
+    try:
+        import imageio.v3 as iio
+    except ImportError as error:
+        raise ImportError(f"Writing {path.suffix} needs imageio and av (pip install imageio av); use .gif.") from error
+    iio.imwrite(path, np.stack([np.asarray(image) for image in images]), plugin="pyav", codec="libx264", fps=fps)
+    return path
+
+
+@torch.no_grad()
+def attention_video(
+    model: DinoViTModel,
+    frames: Sequence[Image.Image],
+    names: Sequence[str],
+    output_dir: str | Path,
+    image_size: int | Sequence[int] | None = None,
+    fps: float = 10.0,
+    video_format: str = "gif",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[list[Path], Path]:
+    """The reference's video mode (`video_generation.py`): each frame's attention, averaged over heads, as an image.
+
+    Every frame goes through [`prepare_image`] and [`attention_maps`]; the heads' mean map is upsampled to the
+    frame (nearest, one square per patch) and coloured (viridis, min-max per frame). Writes
+    `<output_dir>/attention/attn-<name>.png` per frame and `<output_dir>/attention.<video_format>` (`gif`, or `mp4`
+    with imageio).
+
+    Returns:
+        The frame files and the animation file.
+    """
+    output_dir = Path(output_dir)
+    (output_dir / "attention").mkdir(parents=True, exist_ok=True)
+    paths, images = [], []
+    device = next(model.parameters()).device
+    for frame, name in zip(frames, names):
+        _, pixel_values = prepare_image(frame, image_size, model.config.patch_size, mean, std)
+        maps = attention_maps(model, pixel_values.to(device))[0].float().mean(dim=0).cpu().numpy()
+        image = Image.fromarray(colorize(_upsample(maps, model.config.patch_size)))
+        paths.append(output_dir / "attention" / f"attn-{name}.png")
+        image.save(paths[-1])
+        images.append(image)
+    return paths, save_animation(images, output_dir / f"attention.{video_format}", fps)
+
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "attention_maps",
+    "attention_video",
     "colorize",
     "prepare_image",
+    "read_frames",
+    "save_animation",
     "save_attention_grid",
     "threshold_attention",
 ]
