@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{len(paths)} frames' attention in {paths[0].parent}; wrote {animation}")
         return animation
     image = Image.open(args.image_path) if args.image_path else demo_image()
-    image, pixel_values = prepare_image(image, _size(args.image_size or [480, 480]), model.config.patch_size, mean, std)
+    image, pixel_values = prepare_image(
+        image, _size(args.image_size or [480, 480]), model.config.patch_size, mean, std
+    )
     maps = attention_maps(model, pixel_values.to(args.device))[0].float().cpu()
     masks = threshold_attention(maps, args.threshold) if args.threshold > 0 else None
     path = args.output_dir / "attention_grid.png"

@@ -123,7 +123,10 @@ def copy_detection_map(
     similarity = F.normalize(queries.float(), dim=1) @ F.normalize(database.float(), dim=1).T
     nearest = similarity.topk(min(top_k, database.shape[0]), dim=1).indices.numpy()
     aps = np.array(
-        [compute_ap(np.flatnonzero(np.isin(row, list(p))), len(p)) if p else np.nan for row, p in zip(nearest, positives)]
+        [
+            compute_ap(np.flatnonzero(np.isin(row, list(p))), len(p)) if p else np.nan
+            for row, p in zip(nearest, positives)
+        ]
     )
     return float(np.nanmean(aps)), aps
 

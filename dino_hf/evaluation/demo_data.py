@@ -23,7 +23,11 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 def random_scene(rng: np.random.Generator, size: int = 192, num_shapes: int = 6) -> Image.Image:
     """A textured two-colour gradient with `num_shapes` random coloured ellipses, rectangles and triangles."""
     low, high = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
-    ramp = np.linspace(0.0, 1.0, size)[None, :, None] if rng.random() < 0.5 else np.linspace(0.0, 1.0, size)[:, None, None]
+    ramp = (
+        np.linspace(0.0, 1.0, size)[None, :, None]
+        if rng.random() < 0.5
+        else np.linspace(0.0, 1.0, size)[:, None, None]
+    )
     pixels = low + (high - low) * ramp + rng.normal(0.0, 12.0, size=(size, size, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
@@ -153,9 +157,7 @@ def generate_copy_detection_demo(
     return output_dir
 
 
-def _moving_shapes_frame(
-    background: np.ndarray, t: int, num_frames: int, size: int
-) -> tuple[Image.Image, np.ndarray]:
+def _moving_shapes_frame(background: np.ndarray, t: int, num_frames: int, size: int) -> tuple[Image.Image, np.ndarray]:
     """Frame `t`: a red disk moving right and a blue square moving down-left over `background`; label map (0, 1, 2)."""
     progress = t / max(num_frames - 1, 1)
     image = Image.fromarray(background)
@@ -186,7 +188,9 @@ def generate_video_demo(
     rng = np.random.default_rng(seed)
     output_dir = Path(output_dir)
     ramp = np.linspace(60, 190, size)
-    background = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 120.0)], -1)
+    background = np.stack(
+        [ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 120.0)], -1
+    )
     background = np.clip(background + rng.normal(0, 10, size=background.shape), 0, 255).astype(np.uint8)
     frames, masks = output_dir / "JPEGImages" / "480p" / name, output_dir / "Annotations" / "480p" / name
     frames.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,9 @@ def load_revisited_dataset(root: str | Path, name: str, allow_unpickling: bool =
     return RetrievalDataset(
         query_paths=[images / f"{stem}.jpg" for stem in cfg["qimlist"]],
         database_paths=[images / f"{stem}.jpg" for stem in cfg["imlist"]],
-        ground_truth=[{key: np.asarray(g.get(key, []), dtype=np.int64) for key in ("easy", "hard", "junk")} for g in gnd],
+        ground_truth=[
+            {key: np.asarray(g.get(key, []), dtype=np.int64) for key in ("easy", "hard", "junk")} for g in gnd
+        ],
         query_boxes=[tuple(g["bbx"]) for g in gnd] if all("bbx" in g for g in gnd) else None,
     )
 
@@ -251,7 +253,10 @@ def load_json_dataset(root: str | Path) -> RetrievalDataset:
         if unknown:
             raise ValueError(f"Query {query!r} lists images not in {root / 'database'}: {unknown[:5]}.")
         ground_truth.append(
-            {key: np.asarray([index[n] for n in lists.get(key, [])], dtype=np.int64) for key in ("easy", "hard", "junk")}
+            {
+                key: np.asarray([index[n] for n in lists.get(key, [])], dtype=np.int64)
+                for key in ("easy", "hard", "junk")
+            }
         )
     return RetrievalDataset([root / "queries" / q for q in entries], database, ground_truth)
 

@@ -131,10 +131,14 @@ def one_hot_labels(mask: np.ndarray, grid: tuple[int, int], num_classes: int | N
     return F.one_hot(torch.from_numpy(small.astype(np.int64)).flatten(), classes).T.float()
 
 
-def soft_labels_to_mask(labels: torch.Tensor, grid: tuple[int, int], patch_size: int, size: tuple[int, int]) -> np.ndarray:
+def soft_labels_to_mask(
+    labels: torch.Tensor, grid: tuple[int, int], patch_size: int, size: tuple[int, int]
+) -> np.ndarray:
     """`(C, h * w)` soft labels -> `(H, W)` uint8 label map: bilinear upsampling by the patch size, per-channel
     min-max normalisation (channels whose maximum is 0 stay as they are), argmax, nearest resize to `size` (H, W)."""
-    upsampled = F.interpolate(labels.reshape(1, -1, *grid), scale_factor=patch_size, mode="bilinear", align_corners=False)[0]
+    upsampled = F.interpolate(
+        labels.reshape(1, -1, *grid), scale_factor=patch_size, mode="bilinear", align_corners=False
+    )[0]
     low = upsampled.amin(dim=(1, 2), keepdim=True)
     high = upsampled.amax(dim=(1, 2), keepdim=True)
     scaled = (upsampled - low) / (high - low).clamp(min=1e-12)

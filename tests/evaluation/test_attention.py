@@ -128,3 +128,33 @@ def test_visualize_attention_example_on_a_training_run_folder(tmp_path):
     grid = Image.open(path)
     # Demo image 480x480 -> shorter side 40 -> 40x40 (5x5 patches of 8); 1 + 4 heads, 2 rows, 4px padding.
     assert grid.size == (5 * 40 + 4 * 4, 2 * 40 + 4)
+
+
+def test_video_mode_writes_every_frame_and_a_gif(tiny_model_folder, tmp_path):
+    from dino_hf.cli.visualize_attention import main
+    from dino_hf.evaluation.attention import _upsample
+    from dino_hf.evaluation.demo_data import generate_video_demo
+
+    frames = generate_video_demo(tmp_path / "davis", num_frames=5, size=32) / "JPEGImages" / "480p" / "shapes"
+    animation = main(
+        ["--model_name_or_path", str(tiny_model_folder), "--video_path", str(frames), "--output_dir", str(tmp_path)]
+    )
+    assert animation == tmp_path / "attention.gif"
+    with Image.open(animation) as gif:
+        assert gif.n_frames == 5 and gif.size == (32, 32)
+    written = sorted((tmp_path / "attention").glob("attn-*.png"))
+    assert [p.name for p in written] == [f"attn-{i:05d}.png" for i in range(5)]
+    # Each frame: the heads' mean [CLS] attention, one square per patch, coloured.
+    model = DinoViTModel.from_pretrained(tiny_model_folder).eval()
+    _, pixels = prepare_image(Image.open(frames / "00003.jpg"), None, 8, (0.5,) * 3, (0.25,) * 3)
+    expected = colorize(_upsample(attention_maps(model, pixels)[0].mean(0).numpy(), 8))
+    np.testing.assert_array_equal(np.asarray(Image.open(written[3])), expected)
+
+
+def test_mp4_without_imageio_says_what_to_install(tmp_path):
+    from dino_hf.evaluation.attention import save_animation
+
+    if importlib.util.find_spec("imageio") is not None:
+        pytest.skip("imageio is installed")
+    with pytest.raises(ImportError, match="pip install imageio av"):
+        save_animation([Image.new("RGB", (8, 8))] * 2, tmp_path / "a.mp4")

@@ -75,7 +75,9 @@ def test_multiscale_features_average_three_resized_inputs():
     single = global_features(model, pixels)
     torch.testing.assert_close(single, F.normalize(model(pixels).pooler_output, dim=-1))
     # Each image is normalised on its own (the reference normalises its batch of one).
-    torch.testing.assert_close(global_features(model, pixels[1:], REFERENCE_SCALES)[0], global_features(model, pixels, REFERENCE_SCALES)[1])
+    torch.testing.assert_close(
+        global_features(model, pixels[1:], REFERENCE_SCALES)[0], global_features(model, pixels, REFERENCE_SCALES)[1]
+    )
 
 
 def test_json_and_revisited_layouts_agree(tmp_path):
