@@ -266,6 +266,8 @@ def read_frames(path: str | Path) -> tuple[list[Image.Image], list[str], float |
     from .images import list_images, load_rgb
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No video file or folder of frames at {path}.")
     if path.is_dir():
         files = list_images(path)
         if not files:
