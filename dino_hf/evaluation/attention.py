@@ -3,6 +3,9 @@
 The masks keep, per head, the smallest set of patches that holds a given fraction (60% in the paper) of the [CLS]
 token's attention to the patches. The PNG grid needs only PIL and numpy (no matplotlib): its colormap is a
 piecewise-linear approximation of viridis.
+
+Video mode ([`attention_video`], the reference's `video_generation.py`): the heads' mean map of every frame, written as
+images and an animated GIF (PIL) or MP4 (optional `imageio` + `av`, which also read video files).
 """
 
 from __future__ import annotations

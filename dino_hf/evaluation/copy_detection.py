@@ -154,8 +154,12 @@ def evaluate_copy_detection(
     """
     data_path = Path(data_path)
     originals = list_images(data_path / "original")
+    if not originals:
+        raise FileNotFoundError(f"No images in {data_path / 'original'}.")
     database = [extract_descriptors(model, originals, **kwargs)]
     if distractors_path is not None:
+        if not list_images(distractors_path):
+            raise FileNotFoundError(f"No images in the distractors folder {distractors_path}.")
         database.append(extract_descriptors(model, list_images(distractors_path), **kwargs))
     database = torch.cat(database)
     blocks = query_blocks(data_path, [p for p in (distractors_path, whitening_path) if p is not None])

@@ -306,6 +306,8 @@ def segment_davis(
     scores = {}
     for video in videos:
         frames = sorted((data_path / "JPEGImages" / resolution / video).glob("*.jpg"))
+        if not frames:
+            raise FileNotFoundError(f"No frames (*.jpg) in {data_path / 'JPEGImages' / resolution / video}.")
         annotations = data_path / "Annotations" / resolution / video
         first = read_label_png(annotations / f"{frames[0].stem}.png")
         predictions = [first]

@@ -158,3 +158,20 @@ def test_mp4_without_imageio_says_what_to_install(tmp_path):
         pytest.skip("imageio is installed")
     with pytest.raises(ImportError, match="pip install imageio av"):
         save_animation([Image.new("RGB", (8, 8))] * 2, tmp_path / "a.mp4")
+
+
+def test_video_file_round_trip_with_imageio(tiny_model_folder, tmp_path):
+    pytest.importorskip("imageio")
+    pytest.importorskip("av")
+    from dino_hf.cli.visualize_attention import main
+    from dino_hf.evaluation.attention import read_frames, save_animation
+
+    clip = save_animation([Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)], tmp_path / "clip.mp4", fps=5)
+    frames, names, fps = read_frames(clip)
+    assert len(frames) == 4 and frames[0].size == (32, 32) and fps == pytest.approx(5)
+    animation = main(
+        ["--model_name_or_path", str(tiny_model_folder), "--video_path", str(clip), "--output_dir", str(tmp_path / "o"),
+         "--video_format", "mp4"]
+    )  # fmt: skip
+    assert animation.suffix == ".mp4" and len(read_frames(animation)[0]) == 4
+    assert len(list((tmp_path / "o" / "attention").glob("attn-frame-*.png"))) == 4
