@@ -96,7 +96,8 @@ class PCAWhitening:
         return cls(features.float().mean(dim=0).cpu(), torch.from_numpy(projection).float())
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.float() - self.mean) @ self.projection.T
+        with torch.autocast(features.device.type, enabled=False):  # eigenvalue^-1/2 amplifies rounding errors
+            return (features.float() - self.mean.to(features.device)) @ self.projection.to(features.device).T
 
 
 def match_originals(copy_names: Sequence[str], original_names: Sequence[str], prefix_length: int | None = None):
@@ -120,7 +121,8 @@ def copy_detection_map(
 
     Positives beyond the `top_k` results count as not found. Returns `(mAP, per-query APs)`.
     """
-    similarity = F.normalize(queries.float(), dim=1) @ F.normalize(database.float(), dim=1).T
+    with torch.autocast(queries.device.type, enabled=False):  # ranks from float32 cosines
+        similarity = F.normalize(queries.float(), dim=1) @ F.normalize(database.float(), dim=1).T
     nearest = similarity.topk(min(top_k, database.shape[0]), dim=1).indices.numpy()
     aps = np.array(
         [

@@ -186,7 +186,8 @@ def evaluate_retrieval(
     """
     if len(ground_truth) != len(query_features):
         raise ValueError(f"{len(ground_truth)} ground-truth entries for {len(query_features)} queries.")
-    similarity = F.normalize(query_features.float(), dim=-1) @ F.normalize(database_features.float(), dim=-1).T
+    with torch.autocast(query_features.device.type, enabled=False):  # ranks from float32 cosines
+        similarity = F.normalize(query_features.float(), dim=-1) @ F.normalize(database_features.float(), dim=-1).T
     ranks = torch.argsort(similarity, dim=1, descending=True).cpu().numpy()
     mean_ap, at_k = {}, {}
     for protocol in protocols:

@@ -113,6 +113,12 @@ def propagate_labels(
     Returns:
         `(C, P)` labels, each target patch's a convex combination of its kept sources' labels.
     """
+    with torch.autocast(target.device.type, enabled=False):  # exp(cos / 0.1) magnifies half-precision errors 10x
+        return _propagate_labels(target.float(), sources, source_labels, topk, temperature, neighbourhood)
+
+
+def _propagate_labels(target, sources, source_labels, topk, temperature, neighbourhood):
+    sources, source_labels = [s.float() for s in sources], [lab.float() for lab in source_labels]
     affinity = torch.exp(target @ torch.stack(sources).transpose(1, 2) / temperature)  # (frames, P_target, P_source)
     if neighbourhood is not None:
         affinity = affinity * neighbourhood

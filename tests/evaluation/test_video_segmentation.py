@@ -165,3 +165,21 @@ def test_video_segmentation_cli_on_generated_data(tiny_model_folder, tmp_path):
     assert set(figures) == {"J&F-mean", "J-mean", "F-mean"}
     assert len(list((tmp_path / "out" / "shapes").glob("*.png"))) == 12
     assert json.loads((tmp_path / "f.json").read_text()) == pytest.approx(figures)
+
+
+def test_propagation_and_ranking_ignore_autocast():
+    from dino_hf.evaluation.retrieval import evaluate_retrieval
+
+    generator = torch.Generator().manual_seed(0)
+    target, sources = torch.randn(6, 16, generator=generator), torch.randn(3, 6, 16, generator=generator)
+    target, sources = torch.nn.functional.normalize(target, dim=1), torch.nn.functional.normalize(sources, dim=2)
+    labels = [torch.rand(2, 6, generator=generator) for _ in range(3)]
+    expected = propagate_labels(target, list(sources), labels, topk=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = propagate_labels(target, list(sources), labels, topk=3)
+        ranks = evaluate_retrieval(target[:2], sources[0], [{"easy": [0]}, {"easy": [1]}]).ranks
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, expected)
+    np.testing.assert_array_equal(
+        ranks, evaluate_retrieval(target[:2], sources[0], [{"easy": [0]}, {"easy": [1]}]).ranks
+    )
