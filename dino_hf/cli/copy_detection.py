@@ -13,33 +13,24 @@ small generated dataset to DIR (with `distractors/` and `whitening/`) and evalua
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from dino_hf.evaluation import load_backbone
+from dino_hf.cli._evaluation import add_model_and_output_arguments, check_data_source, load_model, write_figures
 from dino_hf.evaluation.copy_detection import evaluate_copy_detection
 from dino_hf.evaluation.demo_data import generate_copy_detection_demo
-from dino_hf.evaluation.features import processor_normalisation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="a saved dino_hf folder (or Hub repo)")
-    parser.add_argument("--data_path", type=Path, default=None, help="original/ and folders of copies")
+    add_model_and_output_arguments(parser, "original/ and folders of copies")
     parser.add_argument("--distractors_path", type=Path, default=None, help="images added to the database")
     parser.add_argument("--whitening_path", type=Path, default=None, help="images to learn the PCA whitening on")
     parser.add_argument("--prefix_length", type=int, default=None, help="match copies by this many first characters")
     parser.add_argument("--imsize", type=int, default=320, help="images are resized to imsize x imsize (320)")
     parser.add_argument("--top_k", type=int, default=20, help="results per query scored (20)")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--generate_demo_data", type=Path, default=None, help="write a generated dataset here, use it")
-    parser.add_argument("--output_file", type=Path, default=None, help="write the figures as JSON here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if (args.data_path is None) == (args.generate_demo_data is None):
-        parser.error("give exactly one of --data_path and --generate_demo_data")
+    check_data_source(parser, args)
     if args.generate_demo_data is not None:
         args.data_path = generate_copy_detection_demo(args.generate_demo_data)
         args.distractors_path = args.distractors_path or args.data_path / "distractors"
@@ -49,26 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
-    model = load_backbone(args.model_name_or_path).to(args.device)
-    mean, std = processor_normalisation(args.model_name_or_path)
+    model, extraction = load_model(args)
     results = evaluate_copy_detection(
-        model,
-        args.data_path,
-        args.distractors_path,
-        args.whitening_path,
-        args.prefix_length,
-        args.top_k,
-        image_size=args.imsize,
-        batch_size=args.batch_size,
-        mean=mean,
-        std=std,
-        device=args.device,
-    )
+        model, args.data_path, args.distractors_path, args.whitening_path, args.prefix_length, args.top_k,
+        image_size=args.imsize, batch_size=args.batch_size, **extraction,
+    )  # fmt: skip
     for block, value in results.items():
         print(f"eval on {block} mAP={value:.3f}")
-    if args.output_file:
-        args.output_file.parent.mkdir(parents=True, exist_ok=True)
-        args.output_file.write_text(json.dumps(results, indent=2))
+    write_figures(results, args.output_file)
     return results
 
 

@@ -13,22 +13,17 @@ palette; prints J&F-mean, J-mean and F-mean over the videos annotated on every f
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from dino_hf.evaluation import load_backbone
+from dino_hf.cli._evaluation import add_model_and_output_arguments, check_data_source, load_model, write_figures
 from dino_hf.evaluation.demo_data import generate_video_demo
-from dino_hf.evaluation.features import processor_normalisation
 from dino_hf.evaluation.video_segmentation import PropagationConfig, segment_davis
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = PropagationConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="a saved dino_hf folder (or Hub repo)")
-    parser.add_argument("--data_path", type=Path, default=None, help="a DAVIS root")
+    add_model_and_output_arguments(parser, "a DAVIS root")
     parser.add_argument("--output_dir", type=Path, required=True, help="where to write the masks")
     parser.add_argument("--videos", nargs="+", default=None, help="video names (default: ImageSets/2017/val.txt)")
     parser.add_argument("--resolution", default="480p")
@@ -41,34 +36,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--short_side", type=int, default=defaults.short_side, help="frames' shorter side (long side: multiple of 64)"
     )
-    parser.add_argument("--generate_demo_data", type=Path, default=None, help="write a generated video here, use it")
-    parser.add_argument("--output_file", type=Path, default=None, help="write the figures as JSON here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if (args.data_path is None) == (args.generate_demo_data is None):
-        parser.error("give exactly one of --data_path and --generate_demo_data")
+    check_data_source(parser, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
     args = parse_args(argv)
     data_path = args.data_path or generate_video_demo(args.generate_demo_data)
-    model = load_backbone(args.model_name_or_path).to(args.device)
-    mean, std = processor_normalisation(args.model_name_or_path)
+    model, extraction = load_model(args)
     config = PropagationConfig(
         args.n_last_frames, args.size_mask_neighborhood, args.topk, args.temperature, args.short_side
     )
-    figures = segment_davis(
-        model, data_path, args.output_dir, args.videos, config, args.resolution, mean=mean, std=std, device=args.device
-    )
+    figures = segment_davis(model, data_path, args.output_dir, args.videos, config, args.resolution, **extraction)
     print(f"masks written to {args.output_dir}")
     if figures is None:
         print("no video is annotated on every frame: nothing to score")
         return None
     print("  ".join(f"{name} {100 * value:.1f}" for name, value in figures.items()))
-    if args.output_file:
-        args.output_file.parent.mkdir(parents=True, exist_ok=True)
-        args.output_file.write_text(json.dumps(figures, indent=2))
+    write_figures(figures, args.output_file)
     return figures
 
 
