@@ -7,7 +7,7 @@
 `--data_path` holds `original/` (the database) and any other folders of copies, each a query block (Copydays:
 `strong/`, `jpegqual/<q>/`, `crops/<p>/`). A copy matches the original with its file stem (or `<stem>_...`), or with
 `--prefix_length n` the originals sharing its first n characters (Copydays: 4). `--generate_demo_data DIR` writes a
-small generated dataset to DIR (with `distractors/` and `whitening/`) and evaluates on it.
+small generated dataset to DIR (`copies/`, `distractors/`, `whitening/`) and evaluates on it.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_data_source(parser, args)
     if args.generate_demo_data is not None:
-        args.data_path = generate_copy_detection_demo(args.generate_demo_data)
-        args.distractors_path = args.distractors_path or args.data_path / "distractors"
-        args.whitening_path = args.whitening_path or args.data_path / "whitening"
+        root = generate_copy_detection_demo(args.generate_demo_data)
+        args.data_path = root / "copies"
+        args.distractors_path = args.distractors_path or root / "distractors"
+        args.whitening_path = args.whitening_path or root / "whitening"
     return args
 
 

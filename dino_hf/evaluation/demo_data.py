@@ -5,8 +5,8 @@ They check that a pipeline runs end to end and that its numbers are computed rig
 
 - [`generate_retrieval_demo`]: "landmarks" (random scenes of coloured shapes) seen through crops of different sizes;
   a query's easy positives are wide views of its scene, hard ones close-ups, junk a tiny crop.
-- [`generate_copy_detection_demo`]: originals, distractors, whitening images and transformed copies (JPEG quality,
-  crops, a "strong" mix of crop, flip-free colour change and blur).
+- [`generate_copy_detection_demo`]: originals, near-duplicate distractors, whitening images and transformed copies
+  (JPEG quality, crops, a "strong" mix of crop, colour and contrast change, blur and rotation).
 - [`generate_video_demo`]: a DAVIS-layout video of two shapes moving over a textured background, with its masks.
 """
 
@@ -29,7 +29,12 @@ def random_scene(rng: np.random.Generator, size: int = 192, num_shapes: int = 6)
         else np.linspace(0.0, 1.0, size)[:, None, None]
     )
     pixels = low + (high - low) * ramp + rng.normal(0.0, 12.0, size=(size, size, 3))
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return draw_shapes(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), rng, num_shapes)
+
+
+def draw_shapes(image: Image.Image, rng: np.random.Generator, num_shapes: int) -> Image.Image:
+    """Draw `num_shapes` random coloured ellipses, rectangles and triangles on a copy of `image`."""
+    image, size = image.copy(), image.width
     draw = ImageDraw.Draw(image)
     for _ in range(num_shapes):
         x0, y0 = rng.uniform(0, 0.8 * size, size=2)
@@ -126,9 +131,10 @@ def _copy(image: Image.Image, transform: str, rng: np.random.Generator) -> Image
     if kind == "strong":
         w, h = image.size
         left, top = rng.uniform(0, 0.2, size=2)
-        copy = image.crop((int(left * w), int(top * h), int((left + 0.75) * w), int((top + 0.75) * h)))
-        copy = ImageEnhance.Color(copy).enhance(float(rng.uniform(0.3, 1.7)))
-        return copy.filter(ImageFilter.GaussianBlur(1.0))
+        copy = image.crop((int(left * w), int(top * h), int((left + 0.6) * w), int((top + 0.6) * h)))
+        copy = ImageEnhance.Color(copy).enhance(float(rng.uniform(0.2, 1.8)))
+        copy = ImageEnhance.Contrast(copy).enhance(float(rng.uniform(0.6, 1.4)))
+        return copy.filter(ImageFilter.GaussianBlur(1.5)).rotate(float(rng.uniform(-15, 15)), Image.BICUBIC)
     raise ValueError(f"Unknown transform {transform!r}.")
 
 
@@ -141,19 +147,33 @@ def generate_copy_detection_demo(
     transforms: tuple[str, ...] = COPY_TRANSFORMS,
     seed: int = 0,
 ) -> Path:
-    """Write `original/`, one folder per transform (copies named like their original), `distractors/` and
-    `whitening/` under `output_dir` (the layout [`dino_hf.evaluation.copy_detection`] reads). Returns `output_dir`."""
+    """Write `copies/original/` and `copies/<transform>/` (copies named like their original; the layout
+    [`dino_hf.evaluation.copy_detection`] reads), `distractors/` and `whitening/` under `output_dir`. Returns
+    `output_dir`.
+
+    Each distractor is a near-duplicate of an original (two more shapes drawn on it), so that a strongly transformed
+    copy can be closer to a distractor than to its original.
+    """
     rng = np.random.default_rng(seed)
     output_dir = Path(output_dir)
-    for folder, count in (("original", num_originals), ("distractors", num_distractors), ("whitening", num_whitening)):
-        (output_dir / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image = random_scene(rng).resize((image_size, image_size), Image.BICUBIC)
-            image.save(output_dir / folder / f"{folder[:4]}{i:03d}.jpg", quality=95)
+    scenes = {
+        "original": [random_scene(rng) for _ in range(num_originals)],
+        "whitening": [random_scene(rng) for _ in range(num_whitening)],
+    }
+    scenes["distractors"] = [
+        draw_shapes(scenes["original"][i % num_originals], rng, 2) for i in range(num_distractors)
+    ]
+    folders = {"original": output_dir / "copies" / "original"}
+    for name, images in scenes.items():
+        folder = folders.get(name, output_dir / name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image.resize((image_size, image_size), Image.BICUBIC).save(folder / f"{name[:4]}{i:03d}.jpg", quality=95)
     for transform in transforms:
-        (output_dir / transform).mkdir(parents=True, exist_ok=True)
-        for path in sorted((output_dir / "original").iterdir()):
-            _copy(Image.open(path).convert("RGB"), transform, rng).save(output_dir / transform / path.name, quality=95)
+        (output_dir / "copies" / transform).mkdir(parents=True, exist_ok=True)
+        for path in sorted(folders["original"].iterdir()):
+            copy = _copy(Image.open(path).convert("RGB"), transform, rng)
+            copy.save(output_dir / "copies" / transform / path.name, quality=95)
     return output_dir
 
 
