@@ -32,6 +32,9 @@ from .attention import IMAGENET_MEAN, IMAGENET_STD
 from .images import load_rgb, to_pixel_values
 
 
+VOID = 255  # DAVIS's label for pixels no object is scored on
+
+
 def davis_palette() -> np.ndarray:
     """The DAVIS / PASCAL VOC colour map, `(256, 3)` uint8: 0 black, 1 (128, 0, 0), 2 (0, 128, 0), 3 (128, 128, 0)...
 
@@ -211,9 +214,9 @@ def propagate_video(
         yield soft_labels_to_mask(labels, grid, patch, size)
 
 
-def region_similarity(prediction: np.ndarray, ground_truth: np.ndarray) -> float:
-    """J: the IoU of two boolean masks; 1 when both are empty (DAVIS `db_eval_iou`)."""
-    prediction, ground_truth = np.asarray(prediction, bool), np.asarray(ground_truth, bool)
+def region_similarity(prediction: np.ndarray, ground_truth: np.ndarray, void: np.ndarray | None = None) -> float:
+    """J: the IoU of two boolean masks, `void` pixels left out; 1 when both are empty (DAVIS `db_eval_iou`)."""
+    prediction, ground_truth = _without_void(prediction, void), _without_void(ground_truth, void)
     union = np.logical_or(prediction, ground_truth).sum()
     return 1.0 if union == 0 else float(np.logical_and(prediction, ground_truth).sum() / union)
 
@@ -240,14 +243,21 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return (F.conv2d(image, kernel[None, None], padding=radius)[0, 0] > 0).numpy()
 
 
-def boundary_f_measure(prediction: np.ndarray, ground_truth: np.ndarray, bound_th: float = 0.008) -> float:
+def _without_void(mask: np.ndarray, void: np.ndarray | None) -> np.ndarray:
+    mask = np.asarray(mask, bool)
+    return mask if void is None else mask & ~np.asarray(void, bool)
+
+
+def boundary_f_measure(
+    prediction: np.ndarray, ground_truth: np.ndarray, bound_th: float = 0.008, void: np.ndarray | None = None
+) -> float:
     """F: the boundary F-measure of two boolean masks (DAVIS `db_eval_boundary`).
 
     A predicted boundary pixel is correct when a ground-truth boundary pixel lies within `bound_th` (a fraction of
-    the image diagonal, rounded up, or pixels when >= 1) and vice versa for recall. Empty boundaries: both empty ->
-    1; one empty -> 0.
+    the image diagonal, rounded up, or pixels when >= 1) and vice versa for recall. Both masks lose their `void`
+    pixels first. Empty boundaries: both empty -> 1; one empty -> 0.
     """
-    prediction, ground_truth = np.asarray(prediction, bool), np.asarray(ground_truth, bool)
+    prediction, ground_truth = _without_void(prediction, void), _without_void(ground_truth, void)
     radius = int(bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(prediction.shape)))
     predicted, annotated = boundary_map(prediction), boundary_map(ground_truth)
     num_predicted, num_annotated = predicted.sum(), annotated.sum()
@@ -259,7 +269,9 @@ def boundary_f_measure(prediction: np.ndarray, ground_truth: np.ndarray, bound_t
 
 
 def evaluate_video(predictions: Sequence[np.ndarray], annotations: Sequence[np.ndarray], skip_first_last: bool = True):
-    """Per object (label 1..max of the annotations), the mean J and F over frames, as `davis2017-evaluation`.
+    """Per object (labels 1..max of the annotations), the mean J and F over frames, as `davis2017-evaluation`.
+
+    Annotated pixels labelled 255 (DAVIS "void") count for no object and are left out of J and F.
 
     Args:
         predictions, annotations: `(H, W)` label maps of the same frames, first frame included.
@@ -273,11 +285,11 @@ def evaluate_video(predictions: Sequence[np.ndarray], annotations: Sequence[np.n
     frames = list(zip(predictions, annotations))
     if skip_first_last and len(frames) > 2:
         frames = frames[1:-1]
-    objects = range(1, max(int(np.max(a)) for a in annotations) + 1)
+    objects = range(1, max(int(np.max(np.where(a == VOID, 0, a))) for a in annotations) + 1)
     return {
         obj: {
-            "J": float(np.mean([region_similarity(p == obj, a == obj) for p, a in frames])),
-            "F": float(np.mean([boundary_f_measure(p == obj, a == obj) for p, a in frames])),
+            "J": float(np.mean([region_similarity(p == obj, a == obj, a == VOID) for p, a in frames])),
+            "F": float(np.mean([boundary_f_measure(p == obj, a == obj, void=a == VOID) for p, a in frames])),
         }
         for obj in objects
     }

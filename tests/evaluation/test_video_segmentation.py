@@ -183,3 +183,12 @@ def test_propagation_and_ranking_ignore_autocast():
     np.testing.assert_array_equal(
         ranks, evaluate_retrieval(target[:2], sources[0], [{"easy": [0]}, {"easy": [1]}]).ranks
     )
+
+
+def test_void_pixels_are_left_out():
+    truth = np.array([[1, 1, 255], [0, 0, 255]])
+    prediction = np.array([[1, 1, 1], [0, 0, 1]])  # wrong only on void pixels
+    assert region_similarity(prediction == 1, truth == 1, truth == 255) == 1.0
+    assert region_similarity(prediction == 1, truth == 1) == pytest.approx(2 / 4)
+    scores = evaluate_video([truth, prediction, truth], [truth] * 3)  # objects: 1 only, not 1..255
+    assert list(scores) == [1] and scores[1]["J"] == 1.0
