@@ -193,7 +193,7 @@ def propagate_video(
         return patch_features(model, pixels.to(device)), (height // patch, width // patch), (image.height, image.width)
 
     first_features, grid, _ = features(frames[0])
-    first_labels = one_hot_labels(first_mask, grid).to(device)
+    first_labels = one_hot_labels(np.where(first_mask == VOID, 0, first_mask), grid).to(device)  # void: background
     neighbourhood = None
     if config.size_mask_neighborhood > 0:
         neighbourhood = neighbourhood_mask(*grid, config.size_mask_neighborhood, device)
