@@ -13,7 +13,9 @@ from .modeling_dino import (
     DinoPreTrainedModel,
     DinoSelfDistillationOutput,
     DinoViTModel,
+    MissingWeightsError,
 )
+from .hub import RELEASED_MODELS, resolve_model_id  # also lets from_pretrained take the released models' names
 
 
 __version__ = "0.1.0"
@@ -37,4 +39,7 @@ __all__ = [
     "DinoPreTrainedModel",
     "DinoSelfDistillationOutput",
     "DinoViTModel",
+    "MissingWeightsError",
+    "RELEASED_MODELS",
+    "resolve_model_id",
 ]

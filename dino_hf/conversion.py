@@ -5,7 +5,8 @@ Sources:
 - the reference implementation (facebookresearch/dino): backbone files (`*_pretrain.pth`) name parameters `cls_token`,
   `pos_embed`, `patch_embed.proj.*`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*` and `norm.*`; its
   full training checkpoints hold `student` (with the DDP `module.` prefix) and `teacher` state dicts with `backbone.*`
-  and `head.*`, `dino_loss` with the center, and an argparse `Namespace` under `args` (which needs unpickling);
+  and `head.*`, `dino_loss` with the center, and an argparse `Namespace` under `args` (allow-listed for
+  `torch.load(weights_only=True)`);
 - timm's `vit_{small,base}_patch{16,8}_224.dino` state dicts: the same key layout as the reference backbone;
 - transformers' `ViTModel` (the Hub's `facebook/dino-vit{s,b}{16,8}`): separate query/key/value projections.
 
@@ -30,6 +31,7 @@ import copy
 import math
 import pickle
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -170,27 +172,46 @@ def convert_reference_network_state_dict(state_dict: Mapping[str, torch.Tensor])
 
 
 def load_checkpoint_file(path: str | Path, *, allow_unpickling: bool = False) -> dict[str, Any]:
-    """Read a `.safetensors` file, or a `torch.save` file with `torch.load(weights_only=True)`.
+    """Read a `.safetensors` file, or a `torch.save` file with `torch.load(weights_only=True)`; a URL is downloaded
+    first ([`download_checkpoint`]).
 
-    Files that pickle Python objects other than tensors and containers (the reference's full training checkpoints
-    store an argparse `Namespace` under `args`) raise a `ValueError` unless `allow_unpickling=True`: unpickling can run
-    arbitrary code, so only opt in for files you trust.
+    `weights_only=True` allows tensors, containers and primitive values, and here also argparse's `Namespace` (the
+    reference's full training checkpoints store their `args` in one), which holds only such values. Files that pickle
+    any other Python object raise a `ValueError` unless `allow_unpickling=True`: unpickling can run arbitrary code, so
+    only opt in for files you trust.
     """
+    if str(path).startswith(("https://", "http://")):
+        path = download_checkpoint(str(path))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
     if path.suffix == ".safetensors":
         return load_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_unpickling)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not allow_unpickling)
     except pickle.UnpicklingError as error:
         if allow_unpickling:
             raise
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         raise ValueError(
-            f"{path} pickles Python objects besides tensors (the reference's full training checkpoints store an "
-            "argparse Namespace under 'args'), so torch.load(weights_only=True) refuses it. Unpickling can run "
-            "arbitrary code: if you trust this file, pass allow_unpickling=True (command line: --allow-unpickling)."
+            f"{path} pickles Python objects besides tensors, containers and argparse Namespaces "
+            f"({found.group(1) if found else 'see the error above'}), so torch.load(weights_only=True) refuses it. "
+            "Unpickling can run arbitrary code: if you trust this file, pass allow_unpickling=True (command line: "
+            "--allow-unpickling)."
         ) from error
+
+
+def download_checkpoint(url: str) -> Path:
+    """Download a checkpoint URL (e.g. an official DINO file) once, with torch.hub's downloader and into its cache
+    (`torch.hub.get_dir()/checkpoints`, as `torch.hub.load_state_dict_from_url` does); returns the local file."""
+    filename = Path(urllib.parse.urlparse(url).path).name
+    target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("Downloading %s to %s", url, target)
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    return target
 
 
 def _read(path_or_state_dict: PathOrStateDict, allow_unpickling: bool = False) -> Mapping[str, Any]:
@@ -394,8 +415,8 @@ def from_official_checkpoint(
     """Load a checkpoint of the reference implementation (facebookresearch/dino).
 
     Args:
-        path_or_state_dict: a `.pth` file (read with `torch.load(weights_only=True)`), a `.safetensors` file, or the
-            loaded dict. A backbone file (`dino_deitsmall16_pretrain.pth`, ...: `cls_token`, `pos_embed`,
+        path_or_state_dict: a `.pth` file (read with `torch.load(weights_only=True)`, argparse `Namespace`
+            allowed), its official URL (downloaded into torch.hub's cache), a `.safetensors` file, or the loaded dict. A backbone file (`dino_deitsmall16_pretrain.pth`, ...: `cls_token`, `pos_embed`,
             `patch_embed.proj.*`, `blocks.N.*`, `norm.*`) gives a [`DinoViTModel`]; a full training checkpoint
             (`student`, `teacher`, `dino_loss`, plus `optimizer`, `epoch`, `args`, `fp16_scaler` which are not
             converted) gives a [`DinoForSelfDistillation`] to continue training from. A safetensors file may hold a
@@ -405,8 +426,9 @@ def from_official_checkpoint(
             width needs a config), head dimensions, BatchNorm in the head, and `norm_last_layer`. A full checkpoint's
             `args` also supplies `drop_path_rate`, `teacher_temp` and `norm_last_layer`. Backbones get
             `drop_path_rate=0.0`.
-        allow_unpickling: allow `torch.load(weights_only=False)`. The reference's full checkpoints pickle an argparse
-            `Namespace`, so they need it; unpickling can run arbitrary code, so only opt in for files you trust.
+        allow_unpickling: allow `torch.load(weights_only=False)`, for files that pickle objects other than tensors,
+            containers and the argparse `Namespace` of the reference's full checkpoints (which load without it);
+            unpickling can run arbitrary code, so only opt in for files you trust.
         checkpoint_key: read only this network's backbone, e.g. `"teacher"` (what the reference's evaluation scripts
             load); the result is a [`DinoViTModel`].
 
@@ -418,8 +440,8 @@ def from_official_checkpoint(
     ```python
     >>> from dino_hf.conversion import from_official_checkpoint
     >>> backbone = from_official_checkpoint("dino_deitsmall16_pretrain.pth")  # doctest: +SKIP
-    >>> teacher = from_official_checkpoint("checkpoint.pth", allow_unpickling=True, checkpoint_key="teacher")  # doctest: +SKIP
-    >>> model = from_official_checkpoint("checkpoint.pth", allow_unpickling=True)  # doctest: +SKIP
+    >>> teacher = from_official_checkpoint("checkpoint.pth", checkpoint_key="teacher")  # doctest: +SKIP
+    >>> model = from_official_checkpoint("dino_deitsmall16_pretrain_full_checkpoint.pth")  # doctest: +SKIP
     ```
     """
     source = str(path_or_state_dict) if not isinstance(path_or_state_dict, Mapping) else "The state dict"
@@ -524,7 +546,13 @@ def _vit_state_from_dino(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     return converted
 
 
-def from_vit_model(model_or_path: ViTModel | str | Path, *, layer_norm_eps: float | None = None) -> DinoViTModel:
+def from_vit_model(
+    model_or_path: ViTModel | str | Path,
+    *,
+    layer_norm_eps: float | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    **from_pretrained_kwargs: Any,
+) -> DinoViTModel:
     """Convert a transformers `ViTModel` (e.g. the Hub's `facebook/dino-vits16`) to a [`DinoViTModel`].
 
     Query, key and value are fused into one `qkv` projection. ViT's pooler (dense + tanh) is dropped whether or not
@@ -537,10 +565,18 @@ def from_vit_model(model_or_path: ViTModel | str | Path, *, layer_norm_eps: floa
     (LayerNorm divides by `sqrt(var + eps)`, so the two differ by about `eps / (2 var)` relative: negligible for a
     trained model's activations, visible on tiny ones such as a freshly initialised model's.)
 
+    `DinoViTModel.from_pretrained("facebook/dino-vits16")` (or `"dino-vits16"`) calls this while loading, with
+    `layer_norm_eps=1e-6`.
+
     Args:
         model_or_path: a `ViTModel` (or a model whose `base_model` is one, e.g. `ViTForImageClassification`, whose
             classifier is dropped), or a folder / Hub id for `ViTModel.from_pretrained`.
         layer_norm_eps: override of the LayerNorm epsilon, see above.
+        config_overrides: other [`DinoConfig`] fields of the result (e.g. `drop_path_rate`); architecture fields
+            must agree with the weights.
+        from_pretrained_kwargs: for a folder / Hub id, arguments of `ViTModel.from_pretrained` (`revision`,
+            `cache_dir`, `dtype`, ...). A `pytorch_model.bin` is read as transformers reads it, with
+            `torch.load(weights_only=True)`; a source that leaves any ViT weight missing is an error.
 
     Example:
 
@@ -551,17 +587,41 @@ def from_vit_model(model_or_path: ViTModel | str | Path, *, layer_norm_eps: floa
     ```
     """
     if isinstance(model_or_path, (str, Path)):
-        source = ViTModel.from_pretrained(model_or_path, add_pooling_layer=False)
+        source = _load_vit_model(model_or_path, from_pretrained_kwargs)
     else:
         source = getattr(model_or_path, "base_model", model_or_path)
     if not isinstance(source, ViTModel):
         raise TypeError(f"Expected a transformers ViTModel, got {type(model_or_path).__name__}.")
-    vit_config = source.config
+    config = _dino_config_from_vit(source.config, layer_norm_eps, config_overrides or {})
+    state = _dino_state_from_vit({k: v.detach() for k, v in source.state_dict().items()})
+    return _build_and_load(DinoViTModel, config, state, f"The {type(source).__name__}").to(source.dtype).eval()
+
+
+def _load_vit_model(path: str | Path, kwargs: Mapping[str, Any]) -> ViTModel:
+    """`ViTModel.from_pretrained` (pooler left out: DINO does not use it) that refuses to leave weights random."""
+    # transformers' load report would list the pooler as unexpected; the keys are checked here instead.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        source, info = ViTModel.from_pretrained(path, add_pooling_layer=False, output_loading_info=True, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+    missing = sorted(set(info["missing_keys"]) | {entry[0] for entry in info["mismatched_keys"]})
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith("pooler."))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the transformers ViTModel layout: missing (would stay random) "
+            f"{_list_keys(missing)}, unexpected {_list_keys(unexpected)}."
+        )
+    return source
+
+
+def _dino_config_from_vit(vit_config: ViTConfig, layer_norm_eps: float | None, overrides: Mapping) -> DinoConfig:
     if vit_config.intermediate_size % vit_config.hidden_size == 0:
         mlp_ratio: float | int = vit_config.intermediate_size // vit_config.hidden_size
     else:
         mlp_ratio = vit_config.intermediate_size / vit_config.hidden_size
-    config = DinoConfig(
+    fields = dict(
         image_size=_as_int_size(vit_config.image_size, "image_size"),
         patch_size=_as_int_size(vit_config.patch_size, "patch_size"),
         num_channels=vit_config.num_channels,
@@ -574,9 +634,9 @@ def from_vit_model(model_or_path: ViTModel | str | Path, *, layer_norm_eps: floa
         layer_norm_eps=vit_config.layer_norm_eps if layer_norm_eps is None else layer_norm_eps,
         drop_path_rate=0.0,
     )
+    config = DinoConfig(**{**fields, **overrides})
     config.architectures = ["DinoViTModel"]
-    state = _dino_state_from_vit({k: v.detach() for k, v in source.state_dict().items()})
-    return _build_and_load(DinoViTModel, config, state, f"The {type(source).__name__}").to(source.dtype).eval()
+    return config
 
 
 def to_vit_model(model: DinoViTModel) -> ViTModel:
@@ -693,6 +753,7 @@ __all__ = [
     "STANDARD_NUM_HEADS",
     "convert_reference_backbone_state_dict",
     "convert_reference_network_state_dict",
+    "download_checkpoint",
     "from_official_checkpoint",
     "from_timm_checkpoint",
     "from_vit_model",

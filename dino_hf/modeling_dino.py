@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,10 +31,12 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_dino import DinoConfig
 
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Backbone
@@ -280,6 +284,10 @@ class DinoEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class MissingWeightsError(ValueError):
+    """A load would leave weights of a DINO model at their random initialisation (the message names them)."""
+
+
 class DinoPreTrainedModel(PreTrainedModel):
     config_class = DinoConfig
     config: DinoConfig
@@ -292,6 +300,58 @@ class DinoPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Regular expressions of tensor names that a load may leave at their initialisation without an error, for models
+    # that add new trainable parts to a pretrained backbone (a classifier, say). Empty: every tensor must be loaded.
+    _keys_new_on_load: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False, **kwargs
+    ):
+        """`PreTrainedModel.from_pretrained`, that never silently leaves weights random, and with dino_hf installed
+        also takes the released models' names and other layouts.
+
+        - Names: `"dino-vits16"`, `"dino_vits16"` (torch.hub's), ... resolve to their Hub ids (`dino_hf.hub`).
+        - A transformers `ViTModel` (the Hub's `facebook/dino-vits16`, `-vits8`, `-vitb16`, `-vitb8`) is converted
+          while loading, with DINO's LayerNorm epsilon (1e-6); a training folder (`DinoForSelfDistillation`) loaded as
+          [`DinoViTModel`] gives its teacher backbone; see `dino_hf.hub.load_foreign_pretrained`.
+        - A load that leaves any weight missing (or re-initialised for a shape mismatch) raises
+          [`MissingWeightsError`] naming them; `allow_missing_weights=True` downgrades it to a warning.
+        """
+        # dino_hf's loaders, when dino_hf is imported; not imported here, so that this file keeps working as a saved
+        # folder's remote code (trust_remote_code=True) for users without dino_hf.
+        hub = sys.modules.get("dino_hf.hub")
+        if hub is not None and pretrained_model_name_or_path is not None:
+            pretrained_model_name_or_path = hub.resolve_model_id(pretrained_model_name_or_path)
+            loaded = hub.load_foreign_pretrained(
+                cls, pretrained_model_name_or_path, model_args, kwargs, allow_missing_weights
+            )
+            if loaded is not None:
+                return loaded
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        model._check_loaded_weights(info, pretrained_model_name_or_path, allow_missing_weights)
+        return (model, info) if output_loading_info else model
+
+    def _check_loaded_weights(self, info: dict, source, allow_missing_weights: bool) -> None:
+        """Raise (or with `allow_missing_weights`, warn) when `from_pretrained` left weights at their initialisation."""
+        missing = set(info.get("missing_keys") or ()) | {entry[0] for entry in info.get("mismatched_keys") or ()}
+        missing = sorted(k for k in missing if not any(re.search(p, k) for p in self._keys_new_on_load))
+        if not missing:
+            return
+        message = (
+            f"Loading {type(self).__name__} from {source} leaves {len(missing)} tensors at their random "
+            f"initialisation (missing or of another shape in the checkpoint): {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}."
+        )
+        if not allow_missing_weights:
+            raise MissingWeightsError(
+                message + " Check that the checkpoint is a DINO model of this configuration; pass "
+                "allow_missing_weights=True to load it anyway."
+            )
+        logger.warning("%s They stay random (allow_missing_weights=True).", message)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The reference initialisation: truncated normal (std 0.02) for linear layers, tokens and positions."""
@@ -792,6 +852,9 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        """See [`DinoPreTrainedModel.from_pretrained`]; a backbone (a `DinoViTModel` folder or the Hub's
+        `facebook/dino-*`) gives student and teacher that backbone and a new head only with
+        `allow_missing_weights=True` (head fields such as `out_dim=...` may then be passed)."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # Loading recreates parameters as trainable; the teacher only ever follows the student by EMA.
@@ -896,4 +959,5 @@ __all__ = [
     "DinoSelfDistillationOutput",
     "DinoViTModel",
     "DinoWeightNormLinear",
+    "MissingWeightsError",
 ]

@@ -63,3 +63,72 @@ def tiny_model_folder(tmp_path_factory):
     processor = dino_image_processor(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
     save_model_with_processor(DinoViTModel(tiny_config()), folder, processor)
     return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A fake, offline Hugging Face Hub cache
+# ---------------------------------------------------------------------------------------------------------------------
+
+FAKE_HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def small_dino_vit(**overrides):
+    """A random transformers ViTModel shaped like facebook/dino-vits16's config (eps 1e-12, pooler), but small."""
+    from transformers import ViTConfig, ViTModel
+
+    values = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-12,
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        qkv_bias=True,
+    )
+    values.update(overrides)
+    model = ViTModel(ViTConfig(**values), add_pooling_layer=True)
+    with torch.no_grad():  # move every tensor (LayerNorms too) off its initial value, so a misplaced key shows
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    return model.eval()
+
+
+def write_hub_snapshot(cache: Path, repo_id: str, save, revision: str = FAKE_HUB_REVISION) -> Path:
+    """`models--<org>--<name>/{refs/main, snapshots/<revision>/...}`, the Hub cache layout; `save(folder)` fills it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    save(snapshot)
+    return snapshot
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """An offline Hub cache (HF_HUB_CACHE) with `facebook/dino-vits16` as the Hub stores it: a transformers ViTModel
+    (config.json with model_type "vit", model.safetensors, preprocessor_config.json), small and random.
+
+    Yields `(cache_dir, vit_model)`; `write_hub_snapshot(cache_dir, repo_id, save)` adds repositories.
+    """
+    from huggingface_hub import constants
+    from transformers import ViTImageProcessor
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    vit = small_dino_vit()
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+
+    def save(folder: Path) -> None:
+        vit.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    write_hub_snapshot(cache, "facebook/dino-vits16", save)
+    return cache, vit

@@ -115,11 +115,12 @@ def processor_normalisation(model_name_or_path: str | Path) -> tuple[tuple[float
 
 
 def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel:
-    """The backbone saved in a folder (or Hub repo), in eval mode.
+    """The backbone saved in a folder (or Hub repo), in eval mode: `DinoViTModel.from_pretrained(...).eval()`.
 
     A [`DinoViTModel`] folder loads as it is; a [`DinoForSelfDistillation`] folder (a training run) gives its teacher
-    backbone, the network DINO evaluates and releases. `kwargs` go to `from_pretrained` (e.g.
-    `attn_implementation="eager"`).
+    backbone, the network DINO evaluates and releases; the Hub's `facebook/dino-*` `ViTModel`s and the released
+    models' names (`"dino-vits16"`, ...) are converted while loading (`dino_hf.hub`). `kwargs` go to
+    `from_pretrained` (e.g. `attn_implementation="eager"`).
 
     Example:
 
@@ -128,9 +129,6 @@ def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel
     >>> model = load_backbone("outputs/dino-run")  # doctest: +SKIP
     ```
     """
-    config = DinoConfig.from_pretrained(model_name_or_path)
-    if "DinoForSelfDistillation" in (config.architectures or []):
-        return DinoForSelfDistillation.from_pretrained(model_name_or_path, **kwargs).export_teacher_backbone()
     return DinoViTModel.from_pretrained(model_name_or_path, **kwargs).eval()
 
 

@@ -35,8 +35,11 @@ class DinoModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         **_help(
-            "Start from a saved DinoForSelfDistillation folder (student, teacher and center) instead of random "
-            "weights; e.g. one written by `python -m dino_hf.conversion` from a reference training checkpoint."
+            "Start from pretrained weights instead of random ones. A backbone (a released model's name or Hub id: "
+            "dino-vits16, dino_vitb8, facebook/dino-vits8, ...; or a DinoViTModel folder) starts student and teacher "
+            "with a new head; a whole run (a DinoForSelfDistillation folder, or an official *_full_checkpoint.pth "
+            "file or URL) also continues its heads and center. Model flags that contradict the loaded model are an "
+            "error; flags left at their defaults follow it (docs/training.md)."
         ),
     )
     attn_implementation: str = field(default="sdpa", **_help("Attention kernel: sdpa (fused, default) or eager."))

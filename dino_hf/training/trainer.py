@@ -31,6 +31,7 @@ from ..data import (
 from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
+from .initialization import initial_model
 from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError
 from .optimization import create_optimizer
 from .performance import compile_blocks
@@ -180,14 +181,8 @@ def pretrain(
     )
     max_steps = schedules.total_steps if training_args.max_steps < 0 else training_args.max_steps
 
-    config = build_model_config(model_args, data_args)
-    if model_args.model_name_or_path:
-        model = DinoForSelfDistillation.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation
-        )
-    else:
-        config._attn_implementation = model_args.attn_implementation
-        model = DinoForSelfDistillation(config)
+    start = initial_model(model_args, build_model_config(model_args, data_args))  # random, released weights, a run
+    model, model_args = start.model, start.model_args
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
@@ -269,7 +264,11 @@ def pretrain(
             history,
             training_args,
             world_size,
-            {"model_config": dino.config.to_dict(), "multicrop_config": asdict(crop_config)},
+            {
+                "model_config": dino.config.to_dict(),
+                "multicrop_config": asdict(crop_config),
+                "base_model": start.base_model,
+            },
         )
 
     def run_knn(step: int) -> None:
@@ -403,7 +402,10 @@ def pretrain(
             dino,
             output_dir,
             crop_config=crop_config,
-            training_summary=_training_summary(model_args, data_args, training_args, result, world_size),
+            training_summary={
+                **_training_summary(model_args, data_args, training_args, result, world_size),
+                "base_model": start.base_model,
+            },
             export_vit_model=training_args.export_vit_model,
         )
         if training_args.push_to_hub:
