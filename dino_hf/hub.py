@@ -259,7 +259,7 @@ def _require_new_head_opt_in(config: DinoConfig, source: Any, allow_missing_weig
     new = [n for n in names if not n.startswith(("student.backbone.", "teacher.backbone."))]
     message = (
         f"{source} is a backbone without DINO head or center: loading it as DinoForSelfDistillation leaves "
-        f"{len(new)} tensors at their random initialisation: {new[:8]}{' ...' if len(new) > 8 else ''}."
+        f"{len(new)} tensors at their random initialisation: {', '.join(new)}."
     )
     if not allow_missing_weights:
         raise MissingWeightsError(

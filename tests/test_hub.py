@@ -1,0 +1,161 @@
+"""Loading the released DINO models by Hub id and by name from a fake offline Hub cache, and never-silently-random
+loads (`from_pretrained` of DinoViTModel / DinoForSelfDistillation, `dino_hf.hub`)."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_dino_vit, tiny_config, write_hub_snapshot
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoImageProcessor, AutoModel, ViTModel, pipeline
+
+from dino_hf import DinoForSelfDistillation, DinoViTModel, MissingWeightsError
+from dino_hf.evaluation import load_backbone
+from dino_hf.hub import RELEASED_MODELS, released_model, resolve_model_id
+
+
+def hub_vit_cls(pixels, layer_norm_eps=1e-6, repo_id="facebook/dino-vits16"):
+    """The Hub ViTModel's normalised [CLS] (`last_hidden_state[:, 0]`, after its final LayerNorm)."""
+    vit = ViTModel.from_pretrained(repo_id, add_pooling_layer=False, layer_norm_eps=layer_norm_eps).eval()
+    with torch.no_grad():
+        return vit(pixels).last_hidden_state[:, 0]
+
+
+@pytest.mark.parametrize("name", ["facebook/dino-vits16", "dino-vits16", "dino_vits16", "dino_deitsmall16"])
+def test_hub_id_and_paper_names_load_the_vit_model_as_a_dino_backbone(fake_hub, name):
+    pixels = torch.randn(2, 3, 32, 32)
+    model = DinoViTModel.from_pretrained(name)
+    assert type(model) is DinoViTModel and not model.training
+    # DINO's epsilon, not the Hub config's 1e-12, in the config and in every LayerNorm.
+    assert model.config.layer_norm_eps == 1e-6 and model.config.architectures == ["DinoViTModel"]
+    assert all(m.eps == 1e-6 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+    with torch.no_grad():
+        feature = model(pixels).pooler_output
+    assert (feature - hub_vit_cls(pixels, layer_norm_eps=1e-6)).abs().max() < 1e-4
+    # Against the Hub model as it is (eps 1e-12) the difference is the epsilon's, small but not zero.
+    assert 0 < (feature - hub_vit_cls(pixels, layer_norm_eps=1e-12)).abs().max() < 1e-2
+
+
+def test_load_backbone_and_config_overrides_take_hub_names(fake_hub):
+    pixels = torch.randn(1, 3, 32, 32)
+    model = load_backbone("dino-vits16", attn_implementation="eager", drop_path_rate=0.1)
+    assert model.config._attn_implementation == "eager" and model.config.drop_path_rate == 0.1
+    with torch.no_grad():
+        assert (model(pixels).pooler_output - hub_vit_cls(pixels)).abs().max() < 1e-4
+    with pytest.raises(TypeError, match="does not take"):
+        DinoViTModel.from_pretrained("dino-vits16", not_an_argument=1)
+
+
+def test_a_bin_only_repository_loads_with_weights_only(fake_hub):
+    cache, _ = fake_hub
+    vit = small_dino_vit(patch_size=4)
+    pixels = torch.randn(1, 3, 32, 32)
+
+    def save_bin(folder, extra=None):
+        vit.save_pretrained(folder)
+        state = load_file(folder / "model.safetensors")  # the Hub's (legacy) key names
+        (folder / "model.safetensors").unlink()
+        torch.save({**state, **(extra or {})}, folder / "pytorch_model.bin")
+
+    write_hub_snapshot(cache, "facebook/dino-vits8", save_bin)
+    model = DinoViTModel.from_pretrained("dino-vits8")
+    assert model.config.patch_size == 4
+    with torch.no_grad():
+        expected = hub_vit_cls(pixels, repo_id="facebook/dino-vits8")
+        assert (model(pixels).pooler_output - expected).abs().max() < 1e-4
+    # A .bin that pickles anything but tensors is refused (transformers' torch.load(weights_only=True)).
+    write_hub_snapshot(cache, "facebook/dino-vitb16", lambda f: save_bin(f, {"code": ValueError("not a tensor")}))
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+        DinoViTModel.from_pretrained("dino-vitb16")
+
+
+def test_image_processor_and_pipeline_work_on_the_id(fake_hub):
+    processor = AutoImageProcessor.from_pretrained("facebook/dino-vits16")
+    model = DinoViTModel.from_pretrained("dino-vits16")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    extractor = pipeline("image-feature-extraction", model=model, image_processor=processor)
+    feature = extractor(image, pool=True, return_tensors=True)
+    with torch.no_grad():
+        expected = model(**processor(images=image, return_tensors="pt")).pooler_output
+    torch.testing.assert_close(feature.reshape(expected.shape), expected)
+
+
+def test_released_names_resolve_and_models_without_a_hub_repository_say_where_they_are(tmp_path, monkeypatch):
+    assert resolve_model_id("dino-vitb8") == "facebook/dino-vitb8"
+    assert resolve_model_id("dino_vits8") == resolve_model_id("dino_deits8") == "facebook/dino-vits8"
+    assert resolve_model_id("DINO_VITBASE16") == "facebook/dino-vitb16"
+    assert resolve_model_id("someone/model") == "someone/model"
+    assert {m.hub_id for m in RELEASED_MODELS.values()} - {None} == {f"facebook/dino-vit{a}" for a in "s16 s8 b16 b8".split()}
+    for name in ("dino_resnet50", "dino_xcit_small_12_p16", "dino-xcit-medium-24-p8"):
+        url = released_model(name).backbone_url
+        with pytest.raises(ValueError, match=f"no Hub repository.*{url}.*from_official_checkpoint"):
+            DinoViTModel.from_pretrained(name)
+    # A local folder of that name comes first.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dino-vits16").mkdir()
+    assert resolve_model_id("dino-vits16") == "dino-vits16"
+
+
+def test_self_distillation_from_a_backbone_needs_the_opt_in_for_its_new_head(fake_hub, caplog):
+    with pytest.raises(MissingWeightsError, match=r"student\.head\.mlp\.0\.weight.*allow_missing_weights=True"):
+        DinoForSelfDistillation.from_pretrained("dino-vits16")
+    head = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
+    with caplog.at_level(logging.WARNING):
+        model = DinoForSelfDistillation.from_pretrained("dino-vits16", allow_missing_weights=True, **head)
+    assert "random initialisation" in caplog.text and "center.center" in caplog.text
+    assert model.config.out_dim == 64 and not any(p.requires_grad for p in model.teacher.parameters())
+    backbone = DinoViTModel.from_pretrained("dino-vits16").state_dict()
+    for network in (model.student, model.teacher):
+        assert all(torch.equal(v, backbone[k]) for k, v in network.backbone.state_dict().items())
+
+
+def saved_run(folder):
+    """A saved DinoForSelfDistillation whose teacher differs from its student (as after training)."""
+    model = DinoForSelfDistillation(tiny_config())
+    with torch.no_grad():
+        for param in model.teacher.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_automodel_of_a_training_folder_gives_the_teacher_backbone(tmp_path):
+    model, folder = saved_run(tmp_path / "run")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        teacher = model.teacher.backbone.eval()(pixels).pooler_output
+        student = model.student.backbone.eval()(pixels).pooler_output
+        for loaded in (AutoModel.from_pretrained(folder), DinoViTModel.from_pretrained(folder), load_backbone(folder)):
+            assert type(loaded) is DinoViTModel and loaded.config.architectures == ["DinoViTModel"]
+            features = loaded.eval()(pixels).pooler_output
+            torch.testing.assert_close(features, teacher, rtol=0, atol=0)
+            assert (features - student).abs().max() > 1e-3
+
+
+def remove_tensors(folder, names):
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if k not in names}, folder / "model.safetensors", {"format": "pt"})
+
+
+def test_a_load_that_leaves_weights_random_raises_unless_allowed(tmp_path, caplog):
+    backbone = DinoViTModel(tiny_config())
+    backbone.save_pretrained(tmp_path / "backbone")
+    remove_tensors(tmp_path / "backbone", {"encoder.layer.1.mlp.fc1.weight"})
+    with pytest.raises(MissingWeightsError, match=r"1 tensors.*encoder\.layer\.1\.mlp\.fc1\.weight"):
+        DinoViTModel.from_pretrained(tmp_path / "backbone")
+    with caplog.at_level(logging.WARNING):
+        DinoViTModel.from_pretrained(tmp_path / "backbone", allow_missing_weights=True)
+    assert "encoder.layer.1.mlp.fc1.weight" in caplog.text and "allow_missing_weights=True" in caplog.text
+
+    _, run = saved_run(tmp_path / "run")
+    remove_tensors(run, {"student.head.last_layer.weight_v", "center.center"})
+    with pytest.raises(MissingWeightsError, match=r"center\.center.*student\.head\.last_layer\.weight_v"):
+        DinoForSelfDistillation.from_pretrained(run)
+    with pytest.raises(MissingWeightsError):  # the same check through AutoModel (teacher backbone of that run)
+        AutoModel.from_pretrained(run)
+    # A shape mismatch re-initialises the tensor: just as random.
+    _, complete = saved_run(tmp_path / "complete")
+    with pytest.raises(MissingWeightsError, match=r"student\.head\.mlp\.0\.weight"):
+        DinoForSelfDistillation.from_pretrained(complete, head_hidden_dim=96, ignore_mismatched_sizes=True)
