@@ -81,13 +81,9 @@ RELEASED_MODELS: dict[str, ReleasedModel] = {
         ReleasedModel("dino-vitb16", "ViT-B/16", "facebook/dino-vitb16", "dino_vitbase16", "85M", 76.1, 78.2),
         ReleasedModel("dino-vitb8", "ViT-B/8", "facebook/dino-vitb8", "dino_vitbase8", "85M", 77.4, 80.1),
         ReleasedModel("dino-resnet50", "ResNet-50", None, "dino_resnet50", "23M", 67.5, 75.3),
-        ReleasedModel(
-            "dino-xcit-small-12-p16", "XCiT-S12/16", None, "dino_xcit_small_12_p16", "26M", 76.0, 77.8
-        ),
+        ReleasedModel("dino-xcit-small-12-p16", "XCiT-S12/16", None, "dino_xcit_small_12_p16", "26M", 76.0, 77.8),
         ReleasedModel("dino-xcit-small-12-p8", "XCiT-S12/8", None, "dino_xcit_small_12_p8", "26M", 77.1, 79.2),
-        ReleasedModel(
-            "dino-xcit-medium-24-p16", "XCiT-M24/16", None, "dino_xcit_medium_24_p16", "84M", 76.4, 78.8
-        ),
+        ReleasedModel("dino-xcit-medium-24-p16", "XCiT-M24/16", None, "dino_xcit_medium_24_p16", "84M", 76.4, 78.8),
         ReleasedModel("dino-xcit-medium-24-p8", "XCiT-M24/8", None, "dino_xcit_medium_24_p8", "84M", 77.9, 80.3),
     )
 }

@@ -87,7 +87,9 @@ def test_released_names_resolve_and_models_without_a_hub_repository_say_where_th
     assert resolve_model_id("dino_vits8") == resolve_model_id("dino_deits8") == "facebook/dino-vits8"
     assert resolve_model_id("DINO_VITBASE16") == "facebook/dino-vitb16"
     assert resolve_model_id("someone/model") == "someone/model"
-    assert {m.hub_id for m in RELEASED_MODELS.values()} - {None} == {f"facebook/dino-vit{a}" for a in "s16 s8 b16 b8".split()}
+    assert {m.hub_id for m in RELEASED_MODELS.values()} - {None} == {
+        f"facebook/dino-vit{a}" for a in "s16 s8 b16 b8".split()
+    }
     for name in ("dino_resnet50", "dino_xcit_small_12_p16", "dino-xcit-medium-24-p8"):
         url = released_model(name).backbone_url
         with pytest.raises(ValueError, match=f"no Hub repository.*{url}.*from_official_checkpoint"):

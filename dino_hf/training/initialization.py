@@ -45,7 +45,14 @@ BACKBONE_FIELDS = (
     "hidden_act",
     "layer_norm_eps",
 )
-HEAD_FIELDS = ("out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_num_layers", "use_bn_in_head", "norm_last_layer")
+HEAD_FIELDS = (
+    "out_dim",
+    "head_hidden_dim",
+    "head_bottleneck_dim",
+    "head_num_layers",
+    "use_bn_in_head",
+    "norm_last_layer",
+)
 _ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")
 # The model flags of DinoModelArguments and the DinoConfig fields they set.
 _FLAG_FIELDS = {
@@ -111,6 +118,10 @@ def initial_model(model_args: DinoModelArguments, config: DinoConfig) -> Initial
     return InitialModel(model, effective_model_args(model_args, model.config), source, kind)
 
 
+def _arch_matches(preset: DinoConfig, config: DinoConfig) -> bool:
+    return all(getattr(preset, name) == getattr(config, name) for name in _ARCH_FIELDS)
+
+
 def _is_checkpoint_file(source: str) -> bool:
     return source.startswith(("https://", "http://")) or (
         os.path.isfile(source) and source.endswith((".pth", ".pt", ".safetensors", ".bin"))
@@ -172,10 +183,8 @@ def effective_model_args(model_args: DinoModelArguments, config: DinoConfig) -> 
         "use_bn_in_head": config.use_bn_in_head,
         "drop_path_rate": config.drop_path_rate,
     }
-    for name in ("vit_tiny", "vit_small", "vit_base"):
-        preset = DinoConfig.from_preset(name)
-        if all(getattr(preset, f) == getattr(config, f) for f in _ARCH_FIELDS):
-            values["arch"] = name
+    presets = [n for n in ("vit_tiny", "vit_small", "vit_base") if _arch_matches(DinoConfig.from_preset(n), config)]
+    values["arch"] = presets[0] if presets else "custom"  # "custom": no preset has this width and depth
     return dataclasses.replace(model_args, **values)
 
 
