@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from .configuration_dino import DinoConfig
+from .hub import RELEASED_MODELS, resolve_model_id  # also lets from_pretrained take the released models' names
 from .modeling_dino import (
     DinoCenter,
     DinoForSelfDistillation,
@@ -15,7 +16,6 @@ from .modeling_dino import (
     DinoViTModel,
     MissingWeightsError,
 )
-from .hub import RELEASED_MODELS, resolve_model_id  # also lets from_pretrained take the released models' names
 
 
 __version__ = "0.1.0"

@@ -44,6 +44,7 @@ from transformers.initialization import no_init_weights
 from transformers.utils import logging
 
 from .configuration_dino import DinoConfig
+from .hub import resolve_model_id
 from .modeling_dino import DinoForSelfDistillation, DinoViTModel
 
 
@@ -706,7 +707,9 @@ def _build_parser() -> argparse.ArgumentParser:
     official.add_argument("--allow-unpickling", action="store_true", help="needed for full training checkpoints")
     official.add_argument("--checkpoint-key", default=None, help='read one network\'s backbone, e.g. "teacher"')
     timm = sub.add_parser("timm", help="timm vit_*_224.dino state dict -> DinoViTModel")
-    vit = sub.add_parser("vit", help="transformers ViTModel folder or Hub id (facebook/dino-vits16) -> DinoViTModel")
+    vit = sub.add_parser(
+        "vit", help="transformers ViTModel folder, Hub id or name (facebook/dino-vits16, dino-vits16) -> DinoViTModel"
+    )
     vit.add_argument(
         "--layer-norm-eps", type=float, default=None, help="default: keep the source's (1e-12 on the Hub)"
     )
@@ -735,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.source == "timm":
         model = from_timm_checkpoint(args.input, config)
     elif args.source == "vit":
-        model = from_vit_model(args.input, layer_norm_eps=args.layer_norm_eps)
+        model = from_vit_model(resolve_model_id(args.input), layer_norm_eps=args.layer_norm_eps)
     else:
         model = to_vit_model(DinoViTModel.from_pretrained(args.input))
     with_processor = not args.no_image_processor and not isinstance(model, DinoForSelfDistillation)

@@ -88,7 +88,7 @@ def test_released_names_resolve_and_models_without_a_hub_repository_say_where_th
     assert resolve_model_id("DINO_VITBASE16") == "facebook/dino-vitb16"
     assert resolve_model_id("someone/model") == "someone/model"
     assert {m.hub_id for m in RELEASED_MODELS.values()} - {None} == {
-        f"facebook/dino-vit{a}" for a in "s16 s8 b16 b8".split()
+        f"facebook/dino-vit{a}" for a in ["s16", "s8", "b16", "b8"]
     }
     for name in ("dino_resnet50", "dino_xcit_small_12_p16", "dino-xcit-medium-24-p8"):
         url = released_model(name).backbone_url

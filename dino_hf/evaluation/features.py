@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
-from ..configuration_dino import DinoConfig
-from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
+from ..modeling_dino import DinoViTModel
 from .linear import extract_linear_features, unpack_batch
 
 

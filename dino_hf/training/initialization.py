@@ -140,10 +140,10 @@ def requested_fields(model_args: DinoModelArguments) -> dict[str, str]:
     defaults = DinoModelArguments()
     fields: dict[str, str] = {}
     if model_args.arch != defaults.arch:
-        fields.update({name: "--arch" for name in _ARCH_FIELDS})
+        fields.update(dict.fromkeys(_ARCH_FIELDS, "--arch"))
     for flag, names in _FLAG_FIELDS.items():
         if getattr(model_args, flag) != getattr(defaults, flag):
-            fields.update({name: f"--{flag}" for name in names})
+            fields.update(dict.fromkeys(names, f"--{flag}"))
     for item in filter(None, (model_args.config_overrides or "").split(",")):
         fields[item.partition("=")[0].strip()] = "--config_overrides"
     return fields
