@@ -184,7 +184,7 @@ def load_foreign_pretrained(
         return _with_loading_info(backbone, kwargs)
     is_backbone = model_type == "vit" or (model_type == DinoConfig.model_type and "DinoViTModel" in architectures)
     if cls is DinoForSelfDistillation and is_backbone:
-        head_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _HEAD_FIELDS}
+        head_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _NEW_HEAD_KWARGS}
         kwargs.pop("output_loading_info", None)
         backbone = DinoViTModel.from_pretrained(name_or_path, *model_args, **kwargs)
         config = self_distillation_config(backbone.config, head_fields)
@@ -223,18 +223,17 @@ def _backbone_from_vit(name_or_path: Any, kwargs: dict[str, Any]) -> DinoViTMode
     return model
 
 
-_HEAD_FIELDS = (
+# DinoConfig fields of the projection head's architecture, which a backbone does not fix.
+HEAD_FIELDS = (
     "out_dim",
     "head_hidden_dim",
     "head_bottleneck_dim",
     "head_num_layers",
     "use_bn_in_head",
     "norm_last_layer",
-    "student_temp",
-    "teacher_temp",
-    "center_momentum",
-    "drop_path_rate",
 )
+# Fields `from_pretrained` of a backbone as DinoForSelfDistillation takes as keyword arguments.
+_NEW_HEAD_KWARGS = (*HEAD_FIELDS, "student_temp", "teacher_temp", "center_momentum", "drop_path_rate")
 
 
 def self_distillation_config(backbone_config: DinoConfig, fields: dict[str, Any]) -> DinoConfig:
@@ -281,6 +280,7 @@ def self_distillation_from_backbone(backbone: DinoViTModel, config: DinoConfig) 
 
 
 __all__ = [
+    "HEAD_FIELDS",
     "RELEASED_MODELS",
     "ReleasedModel",
     "load_foreign_pretrained",

@@ -72,26 +72,33 @@ def tiny_model_folder(tmp_path_factory):
 FAKE_HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def small_dino_vit(**overrides):
-    """A random transformers ViTModel shaped like facebook/dino-vits16's config (eps 1e-12, pooler), but small."""
-    from transformers import ViTConfig, ViTModel
+def dino_vits16_config(**overrides):
+    """facebook/dino-vits16's config.json values (a transformers ViTConfig), with `overrides`."""
+    from transformers import ViTConfig
 
     values = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
         hidden_act="gelu",
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         layer_norm_eps=1e-12,
-        image_size=32,
-        patch_size=8,
+        image_size=224,
+        patch_size=16,
         num_channels=3,
         qkv_bias=True,
     )
-    values.update(overrides)
-    model = ViTModel(ViTConfig(**values), add_pooling_layer=True)
+    return ViTConfig(**{**values, **overrides})
+
+
+def small_dino_vit(**overrides):
+    """A random transformers ViTModel in facebook/dino-vits16's configuration (eps 1e-12, pooler), but small."""
+    from transformers import ViTModel
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32)
+    model = ViTModel(dino_vits16_config(**{**small, "patch_size": 8, **overrides}), add_pooling_layer=True)
     with torch.no_grad():  # move every tensor (LayerNorms too) off its initial value, so a misplaced key shows
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.5)

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 import torch
-from conftest import FIXTURES, tiny_config
+from conftest import FIXTURES, dino_vits16_config, tiny_config
 from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 from transformers.initialization import no_init_weights
@@ -266,25 +266,6 @@ def test_timm_vit_small_layout_infers_the_paper_config():
 # ---------------------------------------------------------------------------------------------------------------------
 # transformers ViTModel (the Hub's facebook/dino-vits16 layout) and back
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def dino_vits16_config(**overrides) -> ViTConfig:
-    """facebook/dino-vits16's config.json values."""
-    values = dict(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        intermediate_size=1536,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        layer_norm_eps=1e-12,
-        image_size=224,
-        patch_size=16,
-        num_channels=3,
-        qkv_bias=True,
-    )
-    return ViTConfig(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..configuration_dino import DinoConfig
-from ..hub import resolve_model_id, self_distillation_from_backbone
+from ..hub import HEAD_FIELDS, resolve_model_id, self_distillation_from_backbone
 from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
 from .arguments import DinoModelArguments
 
 
 logger = logging.getLogger(__name__)
 
-# DinoConfig fields fixed by a pretrained backbone, and by a pretrained head. `image_size` is not among them: the
+# DinoConfig fields fixed by a pretrained backbone (a pretrained head also fixes hub.HEAD_FIELDS). `image_size` is not among them: the
 # position embeddings are interpolated to any crop size.
 BACKBONE_FIELDS = (
     "patch_size",
@@ -45,23 +45,9 @@ BACKBONE_FIELDS = (
     "hidden_act",
     "layer_norm_eps",
 )
-HEAD_FIELDS = (
-    "out_dim",
-    "head_hidden_dim",
-    "head_bottleneck_dim",
-    "head_num_layers",
-    "use_bn_in_head",
-    "norm_last_layer",
-)
 _ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")
-# The model flags of DinoModelArguments and the DinoConfig fields they set.
-_FLAG_FIELDS = {
-    "patch_size": ("patch_size",),
-    "out_dim": ("out_dim",),
-    "norm_last_layer": ("norm_last_layer",),
-    "use_bn_in_head": ("use_bn_in_head",),
-    "drop_path_rate": ("drop_path_rate",),
-}
+# The model flags of DinoModelArguments named as the DinoConfig fields they set (`--arch` sets _ARCH_FIELDS).
+_FIELD_FLAGS = ("patch_size", "out_dim", "norm_last_layer", "use_bn_in_head", "drop_path_rate")
 
 
 @dataclass
@@ -141,9 +127,7 @@ def requested_fields(model_args: DinoModelArguments) -> dict[str, str]:
     fields: dict[str, str] = {}
     if model_args.arch != defaults.arch:
         fields.update(dict.fromkeys(_ARCH_FIELDS, "--arch"))
-    for flag, names in _FLAG_FIELDS.items():
-        if getattr(model_args, flag) != getattr(defaults, flag):
-            fields.update(dict.fromkeys(names, f"--{flag}"))
+    fields.update({name: f"--{name}" for name in _FIELD_FLAGS if getattr(model_args, name) != getattr(defaults, name)})
     for item in filter(None, (model_args.config_overrides or "").split(",")):
         fields[item.partition("=")[0].strip()] = "--config_overrides"
     return fields
@@ -176,13 +160,7 @@ def _backbone_run_config(config: DinoConfig, backbone_config: DinoConfig) -> Din
 
 def effective_model_args(model_args: DinoModelArguments, config: DinoConfig) -> DinoModelArguments:
     """`model_args` with the settings the model really has (for logs, the run summary and the model card)."""
-    values: dict[str, Any] = {
-        "patch_size": config.patch_size,
-        "out_dim": config.out_dim,
-        "norm_last_layer": config.norm_last_layer,
-        "use_bn_in_head": config.use_bn_in_head,
-        "drop_path_rate": config.drop_path_rate,
-    }
+    values: dict[str, Any] = {name: getattr(config, name) for name in _FIELD_FLAGS}
     presets = [n for n in ("vit_tiny", "vit_small", "vit_base") if _arch_matches(DinoConfig.from_preset(n), config)]
     values["arch"] = presets[0] if presets else "custom"  # "custom": no preset has this width and depth
     return dataclasses.replace(model_args, **values)
