@@ -181,7 +181,8 @@ def pretrain(
     )
     max_steps = schedules.total_steps if training_args.max_steps < 0 else training_args.max_steps
 
-    start = initial_model(model_args, build_model_config(model_args, data_args))  # random, released weights, a run
+    with accelerator.main_process_first():  # one download of released weights; the other processes read the cache
+        start = initial_model(model_args, build_model_config(model_args, data_args))  # random, released, or a run
     model, model_args = start.model, start.model_args
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
