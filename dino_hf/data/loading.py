@@ -8,7 +8,11 @@ Workers do only what cannot be batched on the device: read the encoded bytes, de
 when the image is much larger than the crops need), convert odd modes to RGB, and copy the pixels into a
 zero-padded batch. Everything else runs on the device ([`DinoMultiCropAugmentation`], [`EvalTransform`]).
 
-How the stream is laid out (pretraining). The dataset's pieces (files, or row ranges of a map-style dataset) are
+How the stream is laid out (pretraining). A random-access source (a map-style `datasets.Dataset`: local image
+folders, or any source opened with `streaming=False`) gets one permutation of all its records per epoch, seeded
+with `(seed, epoch)`, like a `DistributedSampler`: with `W = max(1, num_workers)` streams per process and
+`N = world_size * W` streams in all, stream `g = rank * W + worker` reads positions `g, g + N, g + 2N, ...` of it
+("global" mode; no shuffle buffer is needed). For streamed sources, the dataset's pieces (files, or row ranges of a map-style dataset) are
 permuted with `(seed, epoch)`. With `W = max(1, num_workers)` streams per process and `N = world_size * W` streams
 in all, stream `g = rank * W + worker` reads pieces `g, g + N, g + 2N, ...` of that permutation ("shards" mode,
 used when there are at least `8 N` pieces or a multiple of `N`), or, for datasets with few pieces, every stream
@@ -23,6 +27,12 @@ Resume. The DataLoader takes batches from its workers in turn (worker 0, 1, ...,
 stream yields the next batch. A loader built with that state re-reads each stream's epoch from its beginning,
 skips the consumed records without decoding them, and renumbers its workers so that the right stream goes first:
 it yields exactly the batches the uninterrupted loader would have yielded next.
+
+Elastic resume. Given the states of every process of a run saved with another number of processes or workers, a
+loader in "global" mode continues that epoch's permutation from the first position some old stream had not
+consumed, cut between the new streams: no record is skipped, and the records the faster old streams had already
+consumed beyond that point (at most about one batch per old stream) are read again. Streamed sources restart the
+earliest epoch in progress with the new layout (the reference implementation resumes at epoch granularity).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .diversity import BatchDiversityCheck, warn_if_biased
 from .sources import ImageSource
 
 
@@ -435,11 +446,37 @@ class _Layout:
 
     @classmethod
     def for_source(cls, source: ImageSource, num_streams_total: int) -> _Layout:
+        if not source.streaming:
+            # Random access: one permutation of every record per epoch, like a DistributedSampler.
+            return cls(len(source.dataset), num_streams_total, "global")
         pieces = _num_pieces(source)
         # Streams loop over their own pieces, so uneven piece counts would sample some records more often than
         # others; beyond 8 pieces per stream the imbalance is at most 1/8 and the per-epoch reshuffle averages it.
         balanced = pieces >= 8 * num_streams_total or pieces % num_streams_total == 0
         return cls(pieces, num_streams_total, "shards" if balanced else "examples")
+
+
+def _global_positions(
+    source: ImageSource, layout: _Layout, stream: int, seed: int, epoch: int, start: int, consumed: int
+) -> Iterator[tuple[int, _Record]]:
+    """One epoch of a stream of a random-access source, from its record `consumed + 1` on: `(position, record)`.
+
+    The epoch's permutation of all records is cut from `start` (non-zero only in the epoch an elastic resume
+    landed in); stream `g` reads positions `start + g, start + g + N, ...` of it.
+    """
+    order = np.random.default_rng([seed, epoch, 3]).permutation(layout.num_pieces)
+    mine = order[start + stream :: layout.num_streams_total]
+    for begin in range(consumed, len(mine), _READ_BATCH):
+        rows = mine[begin : begin + _READ_BATCH].tolist()
+        columns = source.dataset[rows]
+        images = columns[source.image_column]
+        labels = columns[source.label_column] if source.label_column else [None] * len(rows)
+        for offset, (row, image, label) in enumerate(zip(rows, images, labels)):
+            record_id = f"{source.split}/00000:{row}"
+            path = image.get("path") if isinstance(image, dict) else None
+            if path:
+                record_id += ":" + os.path.basename(path)
+            yield begin + offset + 1, _Record(image, -1 if label is None else int(label), record_id)
 
 
 def _stream_positions(
@@ -558,10 +595,7 @@ class _PretrainingStreams(torch.utils.data.IterableDataset):
         )
         while True:
             own_records = 0
-            position = 0
-            for position, record in enumerate(
-                _stream_positions(self.source, layout, stream, s["seed"], epoch, s["buffer_size"]), start=1
-            ):
+            for position, record in self._positions(layout, stream, epoch, consumed):
                 if record is None:
                     continue
                 own_records += 1
@@ -569,13 +603,23 @@ class _PretrainingStreams(torch.utils.data.IterableDataset):
                     continue  # consumed before the resume: read, not decoded
                 if decoder.add(record):
                     yield decoder.batch({"stream": local, "epoch": epoch, "consumed": position})
-            if own_records == 0:
+            if own_records == 0 and consumed == 0:
                 raise ValueError(
                     f"Stream {local} of rank {s['rank']} received no records from {self.source.name!r} "
                     f"({layout.num_pieces} pieces, {layout.num_streams_total} streams in all): the dataset is "
                     "empty or has fewer records than streams; use fewer workers or processes."
                 )
             epoch, consumed = epoch + 1, 0
+
+
+    def _positions(self, layout: _Layout, stream: int, epoch: int, consumed: int) -> Iterator[tuple[int, Any]]:
+        s = self.settings
+        if layout.mode == "global":
+            start = self.state.get("epoch_start")
+            offset = start[1] if start and start[0] == epoch else 0
+            return _global_positions(self.source, layout, stream, s["seed"], epoch, offset, consumed)
+        positions = _stream_positions(self.source, layout, stream, s["seed"], epoch, s["buffer_size"])
+        return enumerate(positions, start=1)
 
 
 class PretrainingLoader:
@@ -607,6 +651,8 @@ class PretrainingLoader:
             **self.dataloader_kwargs,
         )
         num_streams = self.settings["num_streams"]
+        # Every process sees the same kind of order; one warning is enough.
+        diversity = BatchDiversityCheck() if self.settings["rank"] == 0 else None
         for batch in loader:
             stamp = batch.stream_state
             if stamp["stream"] != state["next_stream"]:
@@ -617,11 +663,86 @@ class PretrainingLoader:
             state["streams"][stamp["stream"]] = [stamp["epoch"], stamp["consumed"]]
             state["next_stream"] = (stamp["stream"] + 1) % num_streams
             batch.stream_state = _copy_state(state)
+            if diversity is not None and not diversity.done:
+                report = diversity.observe(batch.labels.tolist(), batch.ids)
+                if report is not None:
+                    warn_if_biased(report, f"{self.source.name}/{self.source.split}")
             yield batch
 
 
 def _copy_state(state: dict) -> dict:
     return {**state, "streams": [list(s) for s in state["streams"]]}
+
+
+def _resume_point(saved: list[dict]) -> tuple[int, int]:
+    """`(epoch, position)` of the first record of the global permutation that some stream of `saved` (the states
+    of every process of a run in "global" mode) has not consumed: everything before it was consumed."""
+    first_unread = []
+    for state in saved:
+        total = state["world_size"] * state["num_streams"]
+        start = state.get("epoch_start")
+        for local, (epoch, consumed) in enumerate(state["streams"]):
+            offset = start[1] if start and start[0] == epoch else 0
+            stream = state["rank"] * state["num_streams"] + local
+            first_unread.append((epoch, offset + stream + consumed * total))
+    epoch = min(e for e, _ in first_unread)
+    position = min(p for e, p in first_unread if e == epoch)
+    if position >= saved[0]["num_pieces"]:
+        return epoch + 1, 0
+    return epoch, position
+
+
+def _elastic_state(saved: list[dict], identity: dict) -> dict:
+    """The state of this process continuing a run saved with other processes, workers or buffer sizes.
+
+    "global" mode (random-access sources): continue the same permutation from the first record some old stream had
+    not consumed, so nothing is skipped and at most about one batch per old stream is read twice. Streamed sources:
+    restart the earliest epoch in progress (the reference implementation's granularity).
+    """
+    for key in ("format", "dataset", "seed"):
+        if any(state.get(key) != identity[key] for state in saved):
+            raise ValueError(
+                f"resume_state was saved with another {key} ({saved[0].get(key)!r}, now {identity[key]!r}); a run "
+                "can change its number of processes or workers, not its data."
+            )
+    old_world = {state["world_size"] for state in saved}
+    if len(old_world) != 1 or len(saved) != old_world.pop():
+        raise ValueError("An elastic resume needs the stream states of every process of the saved run.")
+    same_order = all(s["mode"] == identity["mode"] == "global" for s in saved) and all(
+        s["num_pieces"] == identity["num_pieces"] for s in saved
+    )
+    if same_order:
+        epoch, position = _resume_point(saved)
+    else:
+        epoch, position = min(e for s in saved for e, _ in s["streams"]), 0
+    logger.warning(
+        "Data: resuming a run saved by %d processes x %d streams on %d x %d: continuing at epoch %d, %s.",
+        len(saved),
+        saved[0]["num_streams"],
+        identity["world_size"],
+        identity["num_streams"],
+        epoch,
+        f"record {position} of its permutation" if same_order else "from the start of that epoch",
+    )
+    streams = [[epoch, 0] for _ in range(identity["num_streams"])]
+    return {**identity, "next_stream": 0, "streams": streams, "epoch_start": [epoch, position]}
+
+
+def _initial_state(identity: dict, resume_state: dict | list[dict] | None) -> dict:
+    """The loader's starting position: fresh, exact (the same layout), or elastic (another layout)."""
+    if resume_state is None:
+        return {**identity, "next_stream": 0, "streams": [[0, 0] for _ in range(identity["num_streams"])]}
+    saved = resume_state if isinstance(resume_state, list) else [resume_state]
+    mine = saved[identity["rank"]] if len(saved) == identity["world_size"] else saved[0]
+    if all(mine.get(k) == v for k, v in identity.items()) and len(saved) in (1, identity["world_size"]):
+        return _copy_state(mine)
+    if saved[0].get("world_size") != len(saved):
+        raise ValueError(
+            f"resume_state is the position of one of {saved[0].get('world_size')} processes; to continue with "
+            f"another layout (now {identity['world_size']} processes x {identity['num_streams']} streams), pass "
+            "the list of every process's state."
+        )
+    return _elastic_state(saved, identity)
 
 
 def _check_loader_arguments(batch_size: int, num_workers: int, rank: int, world_size: int) -> None:
@@ -666,7 +787,9 @@ def build_pretraining_loader(
             let accelerate shard or dispatch this loader again).
         shuffle_buffer_size: records held for shuffling by this process, split between its workers (each holds
             `shuffle_buffer_size // max(1, num_workers)` undecoded records).
-        resume_state: a batch's `stream_state` (or `loader.state_dict()`): continue right after that batch.
+        resume_state: a batch's `stream_state` (or `loader.state_dict()`): continue right after that batch. Or
+            the list of every process's state (what a checkpoint holds): the same layout continues exactly, another
+            number of processes, workers or buffer size continues elastically (see the module docstring).
         max_bad_fraction: raise [`DataQualityError`] when a worker's skipped fraction exceeds this after
             `bad_fraction_min_records` records.
         pin_memory: page-locked batches for fast host-to-device copies (default: when CUDA is available).
@@ -679,8 +802,8 @@ def build_pretraining_loader(
         A [`PretrainingLoader`]: iterate it for [`ImageBatch`]es; it never ends (each stream starts a new epoch,
         with a new order, when it runs out). Every batch's `stream_state` is the JSON-serialisable position after
         it; `build_pretraining_loader(..., resume_state=batch.stream_state)` yields exactly the batches that would
-        have come next. The state is per process, and resuming needs the same dataset, `seed`, `num_workers`,
-        `world_size`, `rank` and `shuffle_buffer_size`.
+        have come next. The state is per process; an exact resume needs the same dataset, `seed`, `num_workers`,
+        `world_size`, `rank` and `shuffle_buffer_size`, an elastic one the same dataset and `seed`.
     """
     _check_loader_arguments(batch_size, num_workers, rank, world_size)
     if decode_min_pixels is None:
@@ -689,6 +812,11 @@ def build_pretraining_loader(
         decode_min_pixels = MultiCropConfig().decode_min_pixels
     num_streams = max(1, num_workers)
     layout = _Layout.for_source(source, world_size * num_streams)
+    if layout.mode == "global" and layout.num_pieces < layout.num_streams_total:
+        raise ValueError(
+            f"{source.name!r} has {layout.num_pieces} records, fewer than the {layout.num_streams_total} data streams "
+            "(processes x workers); use fewer workers or processes."
+        )
     settings = {
         "batch_size": batch_size,
         "seed": seed,
@@ -716,14 +844,7 @@ def build_pretraining_loader(
         "mode": layout.mode,
         "shuffle_buffer_size": shuffle_buffer_size,
     }
-    if resume_state is None:
-        state = {**identity, "next_stream": 0, "streams": [[0, 0] for _ in range(num_streams)]}
-    else:
-        mismatched = {k: (resume_state.get(k), v) for k, v in identity.items() if resume_state.get(k) != v}
-        if mismatched:
-            details = ", ".join(f"{k}: saved {saved!r}, now {now!r}" for k, (saved, now) in mismatched.items())
-            raise ValueError(f"resume_state does not match this loader ({details}); exact resume needs them equal.")
-        state = _copy_state(resume_state)
+    state = _initial_state(identity, resume_state)
     if pin_memory is None:
         pin_memory = _default_pin_memory()
     dataloader_kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}

@@ -100,17 +100,50 @@ def _parquet_rows(files: list[str]) -> int | None:
         return None
 
 
-def _local_folder_rows(folder: str, split: str) -> int | None:
-    """Rows of a local folder's split when its files are parquet (their metadata holds the count)."""
+def _webdataset_rows(files: list[str]) -> int | None:
+    """Samples in local webdataset shards: distinct keys (the member name up to its first dot) per tar file."""
+    import tarfile
+
+    total = 0
+    try:
+        for path in files:
+            with tarfile.open(path) as tar:  # reads the headers only, seeking over the payloads
+                keys = set()
+                for member in tar:
+                    if member.isfile():
+                        folder, name = os.path.split(member.name)
+                        keys.add((folder, name.split(".", 1)[0]))
+                total += len(keys)
+    except (OSError, tarfile.TarError):  # remote or unreadable: the size stays unknown
+        return None
+    return total
+
+
+def _local_rows(files: list[str]) -> int | None:
+    """Rows of local parquet (from their metadata) or webdataset files (from their headers); None otherwise."""
+    extensions = {os.path.splitext(f)[1].lower() for f in files}
+    if extensions == {".parquet"}:
+        return _parquet_rows(files)
+    return _webdataset_rows(files) if extensions == {".tar"} else None
+
+
+def _local_folder_files(folder: str, split: str) -> list[str] | None:
+    """The data files `datasets` finds for `split` in a local folder (None when it recognises no layout)."""
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     try:
         files = DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder).get(split)
-    except Exception:  # no recognisable layout: the count is only informative
+    except Exception:  # no recognisable layout: datasets itself will say what is wrong
         return None
-    if not files or not all(str(f).endswith(".parquet") for f in files):
-        return None
-    return _parquet_rows([str(f) for f in files])
+    return [str(f) for f in files] if files else None
+
+
+def _is_local_image_folder(name: str, split: str) -> bool:
+    """A local folder whose split holds image files (not parquet or tar shards)."""
+    if not os.path.isdir(name):
+        return False
+    files = _local_folder_files(name, split)
+    return bool(files) and all(os.path.splitext(f)[1].lower() not in (".parquet", ".tar", ".py") for f in files)
 
 
 def _open(
@@ -145,7 +178,12 @@ def _open(
         files = _local_files(name)
         builder = _builder_for(files)
         dataset = datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
-        return dataset, _parquet_rows(files) if builder == "parquet" else None
+        return dataset, _local_rows(files)
+    if streaming and _is_local_image_folder(name, split):
+        # Opened with random access (an Arrow table of file paths, built once and cached by datasets): its size
+        # is known and every epoch gets a global permutation. A streamed folder is one piece read in storage order,
+        # i.e. class by class.
+        streaming = False
     try:
         dataset = datasets.load_dataset(
             name,
@@ -157,7 +195,7 @@ def _open(
             token=token,
         )
         if os.path.isdir(name) and data_files is None:
-            return dataset, _local_folder_rows(name, split)
+            return dataset, _local_rows(_local_folder_files(name, split) or [])
     except RuntimeError as err:
         if "Dataset scripts are no longer supported" in str(err):
             raise ValueError(

@@ -25,6 +25,8 @@ def test_local_image_folder_with_class_subfolders(tmp_path):
             (tmp_path / "train" / label / f"{label}{i}.png").write_bytes(encode(smooth_image(20, 24, seed=i)))
     source = load_image_dataset(str(tmp_path))
     assert (source.image_column, source.label_column, source.class_names) == ("image", "label", ["cat", "dog"])
+    # Its size comes from the files (no --steps_per_epoch needed), and it is read with random access.
+    assert source.num_examples == 6 and not source.streaming
     labels = _labels_by_file(source)
     assert labels == {f"{c}{i}.png": int(c == "dog") for c in ("cat", "dog") for i in range(3)}
 
@@ -73,6 +75,7 @@ def test_webdataset_shards(tmp_path):
     _write_webdataset(tmp_path / "train-0001.tar", 4, 3)
     source = load_image_dataset(str(tmp_path / "train-*.tar"))
     assert (source.image_column, source.label_column, source.num_shards) == ("jpg", "cls", 2)
+    assert source.num_examples == 7  # counted from the tar headers
     # Record ids end with the webdataset key, so a bad sample can be found in its shard.
     assert _labels_by_file(source) == {f"{k:06d}.jpg": k % 3 for k in range(7)}
 
