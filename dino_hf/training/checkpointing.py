@@ -7,9 +7,10 @@ A checkpoint is a folder `checkpoint-<step>/`:
 | `model.safetensors` | student, teacher and center (`DinoForSelfDistillation.state_dict()`) |
 | `optimizer.safetensors`, `optimizer.json` | the optimizer's tensors and the rest of its state dict |
 | `rng_state_<rank>.safetensors`, `rng_state_<rank>.json` | every random generator of each process |
-| `trainer_state.json` | step, data-stream position of each process, grad-scaler state, metrics, arguments |
+| `trainer_state.json` | step, images seen, total batch, data-stream position of each process, grad-scaler state, metrics, arguments |
 
-It is written into a hidden temporary folder and renamed into place only when complete, so a run killed while
+It resumes on any number of processes and data workers (see [`resume_position`], [`restore_rng`] and the data
+loader's elastic resume); with the same ones, bit for bit. It is written into a hidden temporary folder and renamed into place only when complete, so a run killed while
 saving leaves the previous checkpoint as the latest loadable one. Only the last `save_total_limit` are kept.
 """
 
@@ -212,7 +213,9 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def load_model_state(checkpoint: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(checkpoint / "model.safetensors"), device=str(device))
+    device = torch.device(device)
+    # safetensors knows "cpu", not "cpu:0" (what a CPU process of a distributed run may be given).
+    return load_file(str(checkpoint / "model.safetensors"), device="cpu" if device.type == "cpu" else str(device))
 
 
 def load_optimizer_state(checkpoint: Path) -> dict[str, Any]:
@@ -227,3 +230,63 @@ def load_rng(checkpoint: Path, rank: int, generators: dict[str, torch.Generator]
             "saved with."
         )
     restore_rng_state(load_structure(checkpoint, f"rng_state_{rank}"), generators)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming on another number of processes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def saved_total_batch(trainer_state: dict[str, Any]) -> int:
+    """Images per optimizer step of the run that wrote `trainer_state` (older checkpoints: from its arguments)."""
+    if "total_batch" in trainer_state:
+        return int(trainer_state["total_batch"])
+    return int(trainer_state["args"]["per_device_train_batch_size"]) * int(trainer_state["world_size"])
+
+
+def resume_position(trainer_state: dict[str, Any], total_batch: int) -> tuple[int, int]:
+    """`(global_step, images_seen)` from which a run with `total_batch` images per step continues.
+
+    The schedules are functions of the images seen (`schedules(images_seen / total_batch)`), so a run resumed with
+    another total batch (another number of processes) continues every schedule where it was; its step counter
+    becomes `images_seen // total_batch`. With the same total batch the saved step is kept as it is.
+
+    Example:
+
+    ```python
+    >>> resume_position({"global_step": 30, "total_batch": 64, "world_size": 2}, total_batch=32)
+    (60, 1920)
+    ```
+    """
+    saved_batch = saved_total_batch(trainer_state)
+    images_seen = int(trainer_state.get("images_seen", trainer_state["global_step"] * saved_batch))
+    if saved_batch == total_batch:
+        return int(trainer_state["global_step"]), images_seen
+    return images_seen // total_batch, images_seen
+
+
+def restore_rng(
+    checkpoint: Path,
+    trainer_state: dict[str, Any],
+    rank: int,
+    world_size: int,
+    seed: int,
+    generators: dict[str, torch.Generator] | None = None,
+) -> bool:
+    """Restore this process's random state; True when exact.
+
+    With the saved number of processes every generator continues exactly. With another number, no saved state
+    belongs to this process: every generator is re-seeded from `(seed, rank, images seen)`, so each process draws
+    different, reproducible augmentations and drop-path masks (a run cannot be bit-exact across a change of layout).
+    """
+    if trainer_state["world_size"] == world_size:
+        load_rng(checkpoint, rank, generators)
+        return True
+    images_seen = trainer_state.get("images_seen", trainer_state["global_step"])
+    words = np.random.SeedSequence([seed, rank, int(images_seen)]).generate_state(4, dtype=np.uint32).tolist()
+    random.seed(words[0])
+    np.random.seed(words[1])
+    torch.manual_seed(words[2])  # also every CUDA device
+    for index, generator in enumerate((generators or {}).values()):
+        generator.manual_seed(words[3] + index)
+    return False

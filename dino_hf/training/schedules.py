@@ -114,7 +114,9 @@ class DinoSchedules:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-    def __call__(self, step: int) -> ScheduleValues:
+    def __call__(self, step: float) -> ScheduleValues:
+        """The values at iteration `step`; a fractional step (images seen / total batch, after a resume with
+        another total batch) lies on the same curves."""
         total = self.total_steps
         epoch = step / self.steps_per_epoch
         return ScheduleValues(

@@ -205,22 +205,18 @@ def pretrain(
     generator = torch.Generator(device=accelerator.device).manual_seed(training_args.seed * 1000 + rank)
 
     # ----------------------------------------------------------------------------------------------- resume
-    global_step, history, stream_state = 0, [], None
+    global_step, images_seen, history, stream_state = 0, 0, [], None
     if training_args.resume_from_checkpoint:
         checkpoint = ckpt.resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
         state = ckpt.load_trainer_state(checkpoint)
-        if state["world_size"] != world_size:
-            raise ValueError(
-                f"{checkpoint} was saved by {state['world_size']} processes; resume with the same number "
-                f"(now {world_size}) so every process continues its own part of the data stream."
-            )
         dino.load_state_dict(ckpt.load_model_state(checkpoint, accelerator.device))
         optimizer.load_state_dict(ckpt.load_optimizer_state(checkpoint))
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-        ckpt.load_rng(checkpoint, rank, {"augment": generator})
-        global_step, history = state["global_step"], state["history"]
-        stream_state = state["stream_states"][rank]
+        # Any number of processes and workers: exact with the saved ones, elastic otherwise (docs/training.md).
+        ckpt.restore_rng(checkpoint, state, rank, world_size, training_args.seed, {"augment": generator})
+        (global_step, images_seen), history = ckpt.resume_position(state, total_batch), state["history"]
+        stream_state = state["stream_states"]
         logger.info("Resumed from %s at step %d.", checkpoint, global_step)
 
     loader = build_pretraining_loader(
@@ -269,6 +265,8 @@ def pretrain(
                 "model_config": dino.config.to_dict(),
                 "multicrop_config": asdict(crop_config),
                 "base_model": start.base_model,
+                "images_seen": images_seen,
+                "total_batch": total_batch,
             },
         )
 
@@ -308,11 +306,11 @@ def pretrain(
         run_knn(0)  # the random-initialisation baseline
     model.train()
     window_start, window_images = time.perf_counter(), 0
-    last_stream_state = stream_state
+    last_stream_state = loader.state_dict()
     for batch in loader:
         if global_step >= max_steps:
             break
-        values = schedules(global_step)
+        values = schedules(images_seen / total_batch)  # = global_step unless resumed with another total batch
         data_stats.add(batch.stats)
         batch = batch.to(accelerator.device, non_blocking=True)
         crops = augment(batch.images, batch.sizes, generator=generator)
@@ -320,6 +318,7 @@ def pretrain(
         output, grad_norm = step.output, step.grad_norm
 
         global_step += 1
+        images_seen += total_batch
         last_stream_state = batch.stream_state
         window_images += batch.images.shape[0] * world_size
         metrics.add(
