@@ -28,17 +28,22 @@ from dino_hf.training import (
     DinoTrainingArguments,
     pretrain,
 )
+from dino_hf.training.recipes import RECIPES, recipe_defaults
 
 
 def parse_arguments(argv: list[str]) -> tuple[DinoModelArguments, DinoDataArguments, DinoTrainingArguments, bool]:
     parser = HfArgumentParser((DinoModelArguments, DinoDataArguments, DinoTrainingArguments))
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--config", help="A YAML or JSON file of flag values; flags given on the command line win.")
+    parser.add_argument("--recipe", help=f"A published run's flags ({', '.join(RECIPES)}; docs/training.md).")
     demo = not argv
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("--config")
+    config_parser.add_argument("--recipe")
     known, _ = config_parser.parse_known_args(argv)
     defaults = dict(DEMO_RECIPE) if demo else {}
+    if known.recipe:  # below --config and the command line
+        defaults.update(recipe_defaults(known.recipe))
     if known.config:
         defaults.update(load_config_file(known.config))
     known_fields = {action.dest for action in parser._actions}

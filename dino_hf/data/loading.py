@@ -611,7 +611,6 @@ class _PretrainingStreams(torch.utils.data.IterableDataset):
                 )
             epoch, consumed = epoch + 1, 0
 
-
     def _positions(self, layout: _Layout, stream: int, epoch: int, consumed: int) -> Iterator[tuple[int, Any]]:
         s = self.settings
         if layout.mode == "global":

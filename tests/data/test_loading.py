@@ -272,7 +272,9 @@ def test_resume_state_must_describe_the_same_data(embedded_train):
     state = _take(build_pretraining_loader(embedded_train, 8, num_workers=0, seed=0), 1)[0].stream_state
     with pytest.raises(ValueError, match="another seed"):
         build_pretraining_loader(embedded_train, 8, num_workers=0, seed=1, resume_state=state)
-    two = [_take(build_pretraining_loader(embedded_train, 8, num_workers=0, rank=r, world_size=2), 1)[0] for r in (0, 1)]
+    two = [
+        _take(build_pretraining_loader(embedded_train, 8, num_workers=0, rank=r, world_size=2), 1)[0] for r in (0, 1)
+    ]
     with pytest.raises(ValueError, match="pass the list of every process's state"):
         build_pretraining_loader(embedded_train, 8, num_workers=0, resume_state=two[0].stream_state)
     # Another worker count is an elastic resume: a streamed source restarts its epoch in progress.

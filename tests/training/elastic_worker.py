@@ -13,12 +13,14 @@ from dino_hf.training import pretrain  # noqa: E402
 
 
 def main(cache_dir: str, runs: str) -> None:
-    from accelerate.state import AcceleratorState
+    from accelerate.state import PartialState
 
-    for output_dir, training in json.loads(runs):
+    runs = json.loads(runs)
+    # `end_training` destroys the process group; keep it for the next run (re-creating it is flaky with gloo).
+    destroy, PartialState.destroy_process_group = PartialState.destroy_process_group, lambda self, group=None: None
+    for output_dir, training in runs:
         pretrain(*tiny_run(Path(output_dir), Path(cache_dir), training=training))
-        # `end_training` destroyed the process group; the next run's Accelerator sets it up again.
-        AcceleratorState._reset_state(reset_partial_state=True)
+    destroy(PartialState())
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
-from test_pretrain import losses, tiny_run
+from test_pretrain import tiny_run
 
-from dino_hf.training import pretrain
 from dino_hf.training import checkpointing as ckpt
+from dino_hf.training import pretrain
 
 
 # 40 embedded images (4 per class): the schedules' epoch is 40 images whatever the total batch.
