@@ -17,7 +17,8 @@ permuted with `(seed, epoch)`. With `W = max(1, num_workers)` streams per proces
 in all, stream `g = rank * W + worker` reads pieces `g, g + N, g + 2N, ...` of that permutation ("shards" mode,
 used when there are at least `8 N` pieces or a multiple of `N`), or, for datasets with few pieces, every stream
 reads every piece and keeps the records at positions `g mod N` ("examples" mode, the fallback of
-`datasets.distributed.split_dataset_by_node`). Each stream passes its records through its own shuffle buffer seeded
+`datasets.distributed.split_dataset_by_node`). Each stream reads 4 of its pieces at once, taking each next record from a random one of them, and passes its
+records through its own shuffle buffer seeded
 with `(seed, epoch, g)` (in "examples" mode the buffer is shared, so that positions agree across streams). So
 streams are disjoint, together cover the dataset every epoch, and are each a deterministic function of
 `(seed, epoch)`. A stream that reaches its end starts its next epoch: the loader never ends.
@@ -43,7 +44,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 _STATE_FORMAT = "dino_hf.data.stream/1"
 # Pieces above this count are grouped into contiguous runs (image folders have one piece per file).
 _MAX_PIECES = 4096
+# Pieces a stream reads at once (each holds one block of rows; with remote data, one connection).
+_INTERLEAVE = 4
 # Rows per `iter` call while reading a piece.
 _READ_BATCH = 64
 # How many record ids DataStats keeps, in all and per reason.
@@ -436,6 +439,35 @@ def _shuffle_buffer(records: Iterator[_Record], size: int, rng: np.random.Genera
     yield from buffer
 
 
+def _interleave(
+    pieces: list[int], open_piece: Callable[[int], Iterator[_Record]], rng: np.random.Generator
+) -> Iterator[_Record]:
+    """The records of `pieces`, read `_INTERLEAVE` at a time, each next record from a random open piece: rows of
+    different shards mix before the shuffle buffer (a class-ordered shard alone would fill it with one class)."""
+    pending = iter(pieces)
+    active = [open_piece(p) for p in itertools.islice(pending, _INTERLEAVE)]
+    draws: Iterator[float] = iter(())
+    try:
+        while active:
+            draw = next(draws, None)
+            if draw is None:
+                draws = iter(rng.random(1024).tolist())
+                draw = next(draws)
+            index = int(draw * len(active))
+            record = next(active[index], None)
+            if record is not None:
+                yield record
+                continue
+            following = next(pending, None)
+            if following is None:
+                active.pop(index)
+            else:
+                active[index] = open_piece(following)
+    finally:
+        for piece in active:  # close the readers now, not at interpreter exit
+            piece.close()
+
+
 @dataclass(frozen=True)
 class _Layout:
     """Which records a stream reads (see the module docstring)."""
@@ -490,7 +522,7 @@ def _stream_positions(
     else:
         pieces = order
         rng = np.random.default_rng([seed, epoch, 0, 2])  # the same for every stream, so positions agree
-    records = itertools.chain.from_iterable(_iter_piece(source, int(p), layout.num_pieces) for p in pieces)
+    records = _interleave([int(p) for p in pieces], lambda p: _iter_piece(source, p, layout.num_pieces), rng)
     for position, record in enumerate(_shuffle_buffer(records, buffer_size, rng)):
         if layout.mode == "examples" and position % layout.num_streams_total != stream:
             yield None

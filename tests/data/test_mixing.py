@@ -4,6 +4,7 @@ resume, and the warning for class-ordered streams."""
 import json
 import logging
 
+import datasets
 import numpy as np
 import pytest
 from data_helpers import encode, smooth_image, write_parquet
@@ -30,7 +31,10 @@ def class_ordered_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder_source(class_ordered_folder):
-    return load_image_dataset(str(class_ordered_folder))
+    # The folder's Arrow table of paths goes into a temporary cache, not the user's.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", class_ordered_folder / "cache")
+        return load_image_dataset(str(class_ordered_folder / "train"), "train")
 
 
 def _distinct_per_batch(batches):
@@ -130,3 +134,14 @@ def test_elastic_resume_continues_the_permutation(folder_source, before, after):
     assert len(epoch) == 2000  # every record of the epoch is read before any is read a third time
     old_streams = old_world * max(1, old_workers)
     assert len(set(consumed) & set(continued[:remaining])) <= old_streams * 25
+
+
+def test_streams_interleave_rows_of_several_shards():
+    from dino_hf.data.loading import _INTERLEAVE, _interleave
+
+    pieces = {p: [f"{p}:{r}" for r in range(10)] for p in range(6)}
+    order = list(_interleave(list(pieces), lambda p: iter(pieces[p]), np.random.default_rng(0)))
+    assert sorted(order) == sorted(r for rows in pieces.values() for r in rows)  # every row once
+    assert len({r.split(":")[0] for r in order[:12]}) == _INTERLEAVE  # the first rows mix 4 shards
+    for p, rows in pieces.items():  # each shard keeps its own order
+        assert [r for r in order if r.startswith(f"{p}:")] == rows

@@ -18,7 +18,8 @@ def _labels_by_file(source):
     }
 
 
-def test_local_image_folder_with_class_subfolders(tmp_path):
+def test_local_image_folder_with_class_subfolders(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path.with_name(tmp_path.name + "-cache"))
     for label in ("cat", "dog"):
         (tmp_path / "train" / label).mkdir(parents=True)
         for i in range(3):
