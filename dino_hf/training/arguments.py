@@ -73,7 +73,13 @@ class DinoDataArguments:
     data_files: str | None = field(default=None, **_help("Data files (glob) for parquet/webdataset/local sources."))
     image_column: str | None = field(default=None, **_help("Image column (detected if not given)."))
     label_column: str | None = field(default=None, **_help("Label column (detected if not given; only for k-NN)."))
-    streaming: bool = field(default=True, **_help("Stream the dataset instead of downloading it first."))
+    streaming: bool = field(
+        default=True,
+        **_help(
+            "Stream the dataset instead of downloading it first. False: random access (a local Arrow cache), and "
+            "so one global permutation per epoch; local image folders are always read that way."
+        ),
+    )
     shuffle_buffer_size: int = field(default=10_000, **_help("Records in the streaming shuffle buffer."))
     num_workers: int = field(default=8, **_help("DataLoader worker processes that decode images, per process."))
     max_bad_fraction: float = field(

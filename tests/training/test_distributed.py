@@ -1,48 +1,15 @@
 """Two CPU processes (gloo): the teacher and the center stay identical on both, and each reads disjoint data."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from torchrun_helpers import run_two_processes
 
 
 def test_two_processes_keep_teacher_and_center_in_sync(tmp_path):
-    worker = Path(__file__).parent / "distributed_worker.py"
-    env = {
-        **os.environ,
-        # `accelerate launch --cpu --num_processes 2` would start one process; torchrun starts two.
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(worker),
-        str(tmp_path),
-        str(tmp_path / "cache"),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    run_two_processes(Path(__file__).parent / "distributed_worker.py", str(tmp_path), str(tmp_path / "cache"))
 
     states = [load_file(str(tmp_path / f"rank{rank}.safetensors")) for rank in (0, 1)]
     assert states[0].keys() == states[1].keys()

@@ -2,15 +2,12 @@
 the teacher, center, optimizer and schedules carried over and no jump in the loss."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 from test_pretrain import tiny_run
+from torchrun_helpers import run_two_processes
 
 from dino_hf.training import checkpointing as ckpt
 from dino_hf.training import pretrain
@@ -27,36 +24,9 @@ TRAINING = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_processes(cache_dir: Path, runs: list) -> None:
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(Path(__file__).parent / "elastic_worker.py"),
-        str(cache_dir),
-        json.dumps([[str(out), {**TRAINING, **training}] for out, training in runs]),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    runs = [[str(out), {**TRAINING, **training}] for out, training in runs]
+    run_two_processes(Path(__file__).parent / "elastic_worker.py", str(cache_dir), json.dumps(runs))
 
 
 def _state(checkpoint: Path) -> dict:
