@@ -21,6 +21,7 @@ from .augmentation import (
     MultiCropConfig,
     MultiCropOutput,
 )
+from .diversity import BatchDiversityCheck, DiversityReport
 from .loading import (
     DataQualityError,
     DataStats,
@@ -36,12 +37,14 @@ from .synthetic import EMBEDDED_DATASET_NAME
 
 
 __all__ = [
+    "BatchDiversityCheck",
     "DEFAULT_DATASET_NAME",
     "EMBEDDED_DATASET_NAME",
     "DataQualityError",
     "DataStats",
     "DecodeOptions",
     "DinoMultiCropAugmentation",
+    "DiversityReport",
     "EvalTransform",
     "ImageBatch",
     "ImageSource",

@@ -11,12 +11,11 @@ frequencies of all the batches it watched.
 Example:
 
 ```python
->>> import logging
 >>> check = BatchDiversityCheck(num_batches=4)
->>> for first in range(0, 40, 10):  # class-ordered: each batch holds one or two labels of ten
-...     check.observe([first // 10] * 10, [])
->>> check.report is not None and check.report.ratio < 0.5
-True
+>>> for label in range(4):  # class-ordered: each batch of 10 holds one label
+...     report = check.observe([label] * 10, [])
+>>> round(report.observed, 2), round(report.expected, 2), report.biased  # random batches: 3.77 labels
+(1.0, 3.77, True)
 ```
 """
 
