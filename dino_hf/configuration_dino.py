@@ -50,7 +50,13 @@ class DinoConfig(PreTrainedConfig):
         head_bottleneck_dim (`int`, defaults to 256): width of the L2-normalised bottleneck.
         head_num_layers (`int`, defaults to 3): MLP layers before the bottleneck output.
         use_bn_in_head (`bool`, defaults to `False`): BatchNorm after each hidden MLP layer.
-        norm_last_layer (`bool`, defaults to `True`): fix the weight-norm scale of the last layer to 1.
+        norm_last_layer (`bool`, defaults to `True`): fix the weight-norm scale of the last layer to 1 (the
+            reference's default; its README trains ViT-S/16 with `False` for the best results, at the cost of
+            stability).
+        float32_last_layer (`bool`, defaults to `True`): the head's L2 normalisation and last layer run in float32
+            under autocast (mixed precision), so the logits (cosines / temperature) are not rounded to bf16. Chosen
+            by measurement (docs/performance.md, "Precision of the head's last layer"); False lets autocast run the
+            last layer in bf16/fp16.
 
     Loss:
         student_temp (`float`, defaults to 0.1): student softmax temperature.
@@ -89,6 +95,7 @@ class DinoConfig(PreTrainedConfig):
     head_num_layers: int = 3
     use_bn_in_head: bool = False
     norm_last_layer: bool = True
+    float32_last_layer: bool = True
 
     student_temp: float = 0.1
     teacher_temp: float = 0.07

@@ -14,6 +14,7 @@ This file depends on torch and transformers only, so that a saved model folder c
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
@@ -37,6 +38,19 @@ from .configuration_dino import DinoConfig
 
 
 logger = logging.get_logger(__name__)
+
+
+def float32_region(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off on `tensor`'s device, so operations run in their inputs' dtype.
+
+    Under autocast a matrix product runs in half precision whatever its inputs' dtype: casting the inputs to float32
+    is not enough. The loss, the center and the head's last layer run inside this context with float32 inputs.
+    """
+    device_type = tensor.device.type
+    if device_type == "meta" or not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Backbone
@@ -567,6 +581,8 @@ class DinoHead(nn.Module):
         num_layers: MLP layers, the bottleneck projection included (3).
         use_bn: BatchNorm after each hidden layer (False for ViTs).
         norm_last_layer: freeze the weight-norm scale of the last layer at 1 (True).
+        float32_last_layer: run the L2 normalisation and the last layer in float32 under autocast (see
+            `DinoConfig.float32_last_layer`); False lets autocast choose (bf16/fp16 logits).
 
     Example:
 
@@ -588,8 +604,10 @@ class DinoHead(nn.Module):
         num_layers: int = 3,
         use_bn: bool = False,
         norm_last_layer: bool = True,
+        float32_last_layer: bool = DinoConfig.float32_last_layer,
     ) -> None:
         super().__init__()
+        self.float32_last_layer = float32_last_layer
         num_layers = max(num_layers, 1)
         if num_layers == 1:
             layers: list[nn.Module] = [nn.Linear(in_dim, bottleneck_dim)]
@@ -621,12 +639,19 @@ class DinoHead(nn.Module):
             num_layers=config.head_num_layers,
             use_bn=config.use_bn_in_head,
             norm_last_layer=config.norm_last_layer,
+            float32_last_layer=config.float32_last_layer,
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """`(N, in_dim)` features -> `(N, out_dim)` logits (before any temperature)."""
-        hidden = F.normalize(self.mlp(features), dim=-1, p=2)
-        return self.last_layer(hidden)
+        """`(N, in_dim)` features -> `(N, out_dim)` logits (before any temperature); float32 logits with
+        `float32_last_layer` whatever autocast is active."""
+        hidden = self.mlp(features)
+        if not self.float32_last_layer:
+            return self.last_layer(F.normalize(hidden, dim=-1, p=2))
+        # The logits are cosines divided by a temperature of 0.04-0.1: bf16's 8-bit mantissa would move the teacher's
+        # logits by ~0.1 (docs/performance.md, "Precision"); float32 keeps them as the reference's fp16 or better.
+        with float32_region(hidden):
+            return self.last_layer(F.normalize(hidden.float(), dim=-1, p=2))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -712,8 +737,27 @@ class DinoLoss(nn.Module):
         if num_pairs == 0:
             raise ValueError("The DINO loss needs at least one (teacher view, other student view) pair.")
 
+        # Everything in float32 whatever autocast is active: under autocast the pair product below would run in
+        # bf16/fp16 even with float32 inputs (1.7e-3 relative error in the loss at K = 16384).
+        with float32_region(student_logits):
+            return self._float32_loss(
+                student_logits, teacher_logits, center, teacher_temp, (num_teacher_views, student_views, batch_size)
+            )
+
+    def _float32_loss(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        center: torch.Tensor,
+        teacher_temp: float | torch.Tensor,
+        shape: tuple[int, int, int],
+    ) -> DinoLossOutput:
+        num_teacher_views, student_views, batch_size = shape
+        num_pairs = num_teacher_views * student_views - min(num_teacher_views, student_views)
+        if isinstance(teacher_temp, torch.Tensor):
+            teacher_temp = teacher_temp.float()
         with torch.no_grad():
-            teacher_log_probs = F.log_softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+            teacher_log_probs = F.log_softmax((teacher_logits.detach().float() - center.float()) / teacher_temp, dim=-1)
             teacher_probs = teacher_log_probs.exp()
         student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
 
@@ -736,7 +780,10 @@ class DinoCenter(nn.Module):
     """The running center `c` of the teacher outputs, `(1, K)`.
 
     `update(teacher_logits)` sets `c <- m * c + (1 - m) * mean(teacher_logits)`, with the batch mean all-reduced
-    across processes when `torch.distributed` is initialised (so every process keeps the same center).
+    across processes when `torch.distributed` is initialised (so every process keeps the same center). It is
+    `accumulate(teacher_logits)` then `commit()`: the training step accumulates the teacher outputs of every
+    micro-batch of a gradient-accumulation step and commits once per optimizer step, with a device-side flag that
+    leaves the center unchanged when the step was not finite. Everything is float32, under any autocast.
 
     Example:
 
@@ -754,16 +801,39 @@ class DinoCenter(nn.Module):
         super().__init__()
         self.momentum = momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self._pending_sum: torch.Tensor | None = None
+        self._pending_count = 0
 
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:
-        # Accumulate in float32 without materialising a float32 copy of half-precision logits.
-        batch_center = teacher_logits.detach().sum(dim=0, keepdim=True, dtype=torch.float32)
-        count = teacher_logits.shape[0]
+        self.accumulate(teacher_logits)
+        self.commit()
+
+    @torch.no_grad()
+    def accumulate(self, teacher_logits: torch.Tensor) -> None:
+        """Add `(N, K)` teacher outputs to the pending batch mean (float32, without a float32 copy of the logits)."""
+        with float32_region(teacher_logits):
+            batch_sum = teacher_logits.detach().sum(dim=0, keepdim=True, dtype=torch.float32)
+        self._pending_sum = batch_sum if self._pending_sum is None else self._pending_sum + batch_sum
+        self._pending_count += teacher_logits.shape[0]
+
+    @torch.no_grad()
+    def commit(self, apply: torch.Tensor | None = None) -> None:
+        """Move the center towards the mean of everything accumulated since the last commit, then clear it.
+
+        Args:
+            apply: optional 0-d bool tensor; where False the center stays as it is (no host synchronisation).
+        """
+        if self._pending_sum is None:
+            return
+        batch_sum, count = self._pending_sum, self._pending_count
+        self._pending_sum, self._pending_count = None, 0
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(batch_center)
+            dist.all_reduce(batch_sum)
             count *= dist.get_world_size()
-        self.center.mul_(self.momentum).add_(batch_center / count, alpha=1.0 - self.momentum)
+        with float32_region(batch_sum):
+            updated = self.center * self.momentum + (batch_sum / count) * (1.0 - self.momentum)
+            self.center.copy_(updated if apply is None else torch.where(apply, updated, self.center))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -876,6 +946,7 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         update_center: bool | None = None,
         return_dict: bool | None = None,
         return_logits: bool = True,
+        commit_center: bool = True,
     ) -> DinoSelfDistillationOutput | tuple:
         """
         Args:
@@ -890,6 +961,9 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             return_logits (`bool`, defaults to `True`): include `student_logits` and `teacher_logits` in the output.
                 The training step passes False: the logits are `((G + L) * B, out_dim)`, and returning them would
                 keep them alive after the step (and under accelerate's mixed precision, copy them to float32).
+            commit_center (`bool`, defaults to `True`): with `update_center`, apply the center update now; False only
+                accumulates the teacher outputs, and `self.center.commit()` applies them later (the training step
+                does, once per optimizer step, after checking that the step is finite).
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         update_center = self.training if update_center is None else update_center
@@ -912,7 +986,9 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             student_logits, teacher_logits, self.center.center, teacher_temp, num_teacher_views=num_global_crops
         )
         if update_center:
-            self.center.update(teacher_logits)
+            self.center.accumulate(teacher_logits)
+            if commit_center:
+                self.center.commit()
 
         output = DinoSelfDistillationOutput(
             loss=loss_output.loss,
@@ -925,8 +1001,12 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
-    def update_teacher(self, momentum: float | torch.Tensor) -> None:
-        """EMA of the student into the teacher: `theta_t <- m * theta_t + (1 - m) * theta_s` (fused `_foreach`)."""
+    def update_teacher(self, momentum: float | torch.Tensor, apply: torch.Tensor | None = None) -> None:
+        """EMA of the student into the teacher: `theta_t <- m * theta_t + (1 - m) * theta_s` (fused `_foreach`).
+
+        `apply` (optional 0-d bool tensor): where False the teacher stays exactly as it is (m = 1), decided on the
+        device without a host synchronisation. The EMA runs in the parameters' dtype (float32), never under autocast.
+        """
         if self._ema_params is None:
             teacher_params = list(self.teacher.parameters())
             student_params = list(self.student.parameters())
@@ -934,8 +1014,15 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
                 raise RuntimeError("Student and teacher do not have the same parameters.")
             self._ema_params = (teacher_params, student_params)
         teacher_params, student_params = self._ema_params
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+        if apply is None:
+            torch._foreach_mul_(teacher_params, momentum)
+            torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+            return
+        # As the reference rounds: teacher * m + ((1 - m) * student); m = 1 and 1 - m = 0 leave the teacher unchanged.
+        keep = torch.where(apply, momentum, 1.0)
+        take = torch.where(apply, 1.0 - momentum, 0.0)
+        torch._foreach_mul_(teacher_params, keep)
+        torch._foreach_add_(teacher_params, torch._foreach_mul(student_params, take))
 
     def export_teacher_backbone(self) -> DinoViTModel:
         """The teacher backbone as a standalone [`DinoViTModel`] (what DINO releases), on the CPU in float32."""

@@ -21,7 +21,10 @@ class DinoModelArguments:
     out_dim: int = field(default=65536, **_help("Number of prototypes K of the DINO head."))
     norm_last_layer: bool = field(
         default=True,
-        **_help("Fix the weight-norm scale of the head's last layer at 1 (more stable; the paper's ViT-S setting)."),
+        **_help(
+            "Fix the weight-norm scale of the head's last layer at 1 (the reference's default: more stable; its "
+            "README trains ViT-S/16 with false for the best results, ViT-B/16 with true)."
+        ),
     )
     use_bn_in_head: bool = field(default=False, **_help("BatchNorm in the head's MLP (False for ViTs)."))
     drop_path_rate: float = field(default=0.1, **_help("Stochastic depth rate of the student."))
@@ -127,7 +130,15 @@ class DinoDataArguments:
 class DinoTrainingArguments:
     output_dir: str = field(default="outputs/dino", **_help("Checkpoints, logs and the exported model go here."))
     seed: int = field(default=0, **_help("Random seed (each process and worker derives its own from it)."))
-    per_device_train_batch_size: int = field(default=64, **_help("Images per process and step."))
+    per_device_train_batch_size: int = field(default=64, **_help("Images per process and micro-batch."))
+    gradient_accumulation_steps: int | None = field(
+        default=None,
+        **_help(
+            "Micro-batches per optimizer step (total batch = per_device_train_batch_size x processes x this); "
+            "defaults to accelerate's setting (accelerate config / launch), else 1. The center and the teacher move "
+            "once per optimizer step, and the schedules count optimizer steps."
+        ),
+    )
     epochs: int = field(default=100, **_help("Length of the schedules, in epochs."))
     steps_per_epoch: int | None = field(
         default=None,
@@ -185,5 +196,7 @@ class DinoTrainingArguments:
             raise ValueError(f"--clip_grad_mode must be per_parameter or global, got {self.clip_grad_mode!r}.")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if self.gradient_accumulation_steps is not None and self.gradient_accumulation_steps < 1:
+            raise ValueError("--gradient_accumulation_steps must be at least 1.")
         if self.per_device_train_batch_size <= 0:
             raise ValueError("--per_device_train_batch_size must be positive.")

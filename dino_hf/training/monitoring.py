@@ -19,6 +19,8 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the loss became NaN or infinite; the last checkpoint on disk predates it."""
 
 
+# The reference's words when its loss is not finite (main_dino.py), then what to change.
+NON_FINITE_STOP = "Loss is nan, stopping training."
 NON_FINITE_ADVICE = (
     "Things that usually help: a lower --lr or longer --warmup_epochs; keep --clip_grad (3.0); "
     "--mixed_precision bf16 instead of fp16; a lower --teacher_temp (e.g. 0.04) or --warmup_teacher_temp_epochs; "
@@ -27,32 +29,53 @@ NON_FINITE_ADVICE = (
 )
 
 
+def non_finite_error(first_step: int, last_step: int, output_dir: object) -> NonFiniteLossError:
+    """The error that stops a run whose loss or gradients were not finite between two steps."""
+    return NonFiniteLossError(
+        f"{NON_FINITE_STOP} The loss or the gradients were NaN or infinite between steps {first_step} and "
+        f"{last_step}; those updates were skipped (the teacher, center and optimizer state never saw them) and the "
+        f"last checkpoint in {output_dir} is untouched. " + NON_FINITE_ADVICE
+    )
+
+
 class MetricAccumulator:
-    """Sums per-step scalar tensors on the device; `pop()` averages them with a single transfer to the host."""
+    """Sums per-step scalar tensors on the device; `pop()` averages them with a single transfer to the host.
+
+    The non-finite flag is the training step's (`non_finite=`, a 0-d bool tensor: a skipped step), or else whether the
+    loss was finite.
+    """
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
         self._non_finite: torch.Tensor | None = None
 
-    def add(self, **values: torch.Tensor) -> None:
+    def add(self, non_finite: torch.Tensor | None = None, **values: torch.Tensor) -> None:
         for name, value in values.items():
             value = value.detach().float()
             self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()
-        loss = values.get("loss")
-        if loss is not None:
-            bad = ~torch.isfinite(loss.detach())
-            self._non_finite = bad if self._non_finite is None else self._non_finite | bad
+        if non_finite is None and values.get("loss") is not None:
+            non_finite = ~torch.isfinite(values["loss"].detach())
+        if non_finite is not None:
+            self._non_finite = non_finite if self._non_finite is None else self._non_finite | non_finite
         self._count += 1
+
+    def saw_non_finite(self) -> bool:
+        """Whether a step since the last `pop()` was not finite (one host synchronisation, e.g. before a checkpoint)."""
+        return self._non_finite is not None and bool(self._non_finite)
 
     def pop(self) -> tuple[dict[str, float], bool]:
         """Mean of each metric since the last call, and whether any loss in that window was not finite."""
         if self._count == 0:
             return {}, False
         names = list(self._sums)
-        stacked = torch.stack([self._sums[n] for n in names] + [self._non_finite.float()]).cpu().tolist()
+        flag = self._non_finite if self._non_finite is not None else torch.zeros((), dtype=torch.bool)
+        stacked = torch.stack([self._sums[n] for n in names] + [flag.float().to(self._sums[names[0]].device)])
+        stacked = stacked.cpu().tolist()
         means = {name: value / self._count for name, value in zip(names, stacked[:-1])}
-        non_finite = bool(stacked[-1]) or any(not math.isfinite(v) for v in means.values())
+        # A skipped step's gradient norm may be infinite (fp16 overflow, handled by the loss scaler): only the flag
+        # and the loss decide.
+        non_finite = bool(stacked[-1]) or not math.isfinite(means.get("loss", 0.0))
         self._sums, self._count, self._non_finite = {}, 0, None
         return means, non_finite
 

@@ -32,11 +32,11 @@ from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
 from .initialization import initial_model
-from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError
+from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError, non_finite_error
 from .optimization import create_optimizer
 from .performance import compile_blocks
 from .schedules import DinoSchedules
-from .step import DinoTrainingStep
+from .step import DinoTrainingStep, resolve_gradient_accumulation_steps
 
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def pretrain(
     report_to = [] if training_args.report_to == "none" else training_args.report_to.split(",")
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(training_args.mixed_precision),
+        gradient_accumulation_steps=resolve_gradient_accumulation_steps(training_args.gradient_accumulation_steps),
         log_with=report_to or None,
         project_dir=str(output_dir),
         # The center is all-reduced inside forward, and the teacher is not trained: no buffer broadcasts needed.
@@ -156,7 +157,7 @@ def pretrain(
         label_column=data_args.label_column,
         embedded_options=data_args.embedded_options_dict(),
     )
-    total_batch = training_args.per_device_train_batch_size * world_size
+    total_batch = training_args.per_device_train_batch_size * world_size * accelerator.gradient_accumulation_steps
     steps_per_epoch = training_args.steps_per_epoch
     if steps_per_epoch is None:
         if source.num_examples is None:
@@ -250,6 +251,8 @@ def pretrain(
         )
 
     def save_checkpoint() -> None:
+        if metrics.saw_non_finite():  # a skipped step since the last log: stop before writing anything
+            raise non_finite_error(global_step - global_step % training_args.logging_steps, global_step, output_dir)
         _save_checkpoint(
             accelerator,
             dino,
@@ -282,7 +285,14 @@ def pretrain(
     collapse = CollapseMonitor(out_dim=dino.config.out_dim)
     metrics = MetricAccumulator()
     data_stats = _DataStatsLog()
-    train_step = DinoTrainingStep(accelerator, model, optimizer, training_args.clip_grad, training_args.clip_grad_mode)
+    train_step = DinoTrainingStep(
+        accelerator,
+        model,
+        optimizer,
+        training_args.clip_grad,
+        training_args.clip_grad_mode,
+        num_global_crops=crop_config.global_crops_number,
+    )
     progress = tqdm(
         total=max_steps,
         initial=global_step,
@@ -315,13 +325,16 @@ def pretrain(
         batch = batch.to(accelerator.device, non_blocking=True)
         crops = augment(batch.images, batch.sizes, generator=generator)
         step = train_step(crops.global_crops, crops.local_crops, values)
+        last_stream_state = batch.stream_state
+        window_images += batch.images.shape[0] * world_size
+        if not step.optimizer_step:
+            continue  # a micro-batch of gradient accumulation
         output, grad_norm = step.output, step.grad_norm
 
         global_step += 1
         images_seen += total_batch
-        last_stream_state = batch.stream_state
-        window_images += batch.images.shape[0] * world_size
         metrics.add(
+            non_finite=step.non_finite,
             loss=output.loss,
             teacher_entropy=output.teacher_entropy,
             kl_divergence=output.kl_divergence,
@@ -336,11 +349,7 @@ def pretrain(
         if global_step % training_args.logging_steps == 0 or global_step == max_steps:
             means, non_finite = metrics.pop()
             if non_finite:
-                raise NonFiniteLossError(
-                    f"The loss became NaN or infinite between steps {global_step - training_args.logging_steps} "
-                    f"and {global_step}; the run stopped and the last checkpoint in {output_dir} is untouched. "
-                    + NON_FINITE_ADVICE
-                )
+                raise non_finite_error(global_step - training_args.logging_steps, global_step, output_dir)
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": global_step,
