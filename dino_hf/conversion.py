@@ -74,6 +74,8 @@ _REFERENCE_BACKBONE_RULES: list[tuple[str, str]] = [
 
 _REFERENCE_HEAD_RULES: list[tuple[str, str]] = [
     (r"^mlp\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r"mlp.\1.\2"),
+    # A one-layer head (`nlayers=1`): the reference's `mlp` is the Linear itself, ours a one-layer Sequential.
+    (r"^mlp\.(weight|bias)$", r"mlp.0.\1"),
     (r"^last_layer\.weight_g$", "last_layer.weight_g"),
     (r"^last_layer\.weight_v$", "last_layer.weight_v"),
     # torch.nn.utils.parametrizations.weight_norm names
@@ -165,6 +167,17 @@ def convert_reference_network_state_dict(state_dict: Mapping[str, torch.Tensor])
     for key, value in convert_reference_backbone_state_dict(backbone).items():
         converted[f"backbone.{key}"] = value
     return converted
+
+
+def head_state_dict_to_reference(head_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The other direction for the head: [`DinoHead`] names -> the reference's `DINOHead` names.
+
+    Only a one-layer head differs (`mlp.0.*` -> `mlp.*`: the reference's `mlp` is then a bare Linear).
+    """
+    linear_layers = [k for k, v in head_state.items() if re.match(r"^mlp\.\d+\.weight$", k) and v.ndim == 2]
+    if len(linear_layers) != 1:
+        return dict(head_state)
+    return {re.sub(r"^mlp\.0\.", "mlp.", k): v for k, v in head_state.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -757,6 +770,7 @@ __all__ = [
     "convert_reference_backbone_state_dict",
     "convert_reference_network_state_dict",
     "download_checkpoint",
+    "head_state_dict_to_reference",
     "from_official_checkpoint",
     "from_timm_checkpoint",
     "from_vit_model",

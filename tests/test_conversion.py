@@ -372,3 +372,32 @@ def test_command_line(reference, tmp_path, capsys):
     with torch.no_grad():
         assert max_diff(vit(reference["input.32x32"]).last_hidden_state[:, 0], reference["output.cls.32x32"]) < 1e-5
     assert "Saved ViTModel" in capsys.readouterr().out
+
+
+def test_one_layer_head_converts_both_ways():
+    from dino_hf.conversion import head_state_dict_to_reference
+
+    config = DinoConfig.from_preset(
+        "vit_tiny", image_size=32, num_hidden_layers=1, out_dim=64, head_bottleneck_dim=16, head_num_layers=1
+    )
+    source = perturb_(DinoForSelfDistillation(config))
+
+    def reference_network(network):  # the reference's DINOHead(nlayers=1): `mlp` is the Linear itself
+        state = {f"backbone.{k}": v for k, v in reference_layout(network.backbone.state_dict()).items()}
+        head = {k.replace("mlp.0.", "mlp."): v for k, v in network.head.state_dict().items()}
+        assert "mlp.weight" in head and "mlp.bias" in head
+        assert head_state_dict_to_reference(network.head.state_dict()).keys() == head.keys()
+        return {**state, **{f"head.{k}": v for k, v in head.items()}}
+
+    checkpoint = {
+        "student": reference_network(source.student),
+        "teacher": reference_network(source.teacher),
+        "dino_loss": {"center": source.center.center},
+    }
+    model = from_official_checkpoint(checkpoint)
+    assert model.config.head_num_layers == 1 and model.config.head_bottleneck_dim == 16
+    theirs, ours = source.state_dict(), model.state_dict()
+    assert sorted(theirs) == sorted(ours) and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    # A three-layer head has the same names in both layouts.
+    three = DinoForSelfDistillation(tiny_config()).student.head.state_dict()
+    assert head_state_dict_to_reference(three).keys() == three.keys()

@@ -203,3 +203,51 @@ def test_metrics_reach_tensorboard(tmp_path, embedded_cache):
     for tag in ("train/loss", "train/teacher_entropy", "train/kl_divergence", "train/lr", "train/momentum"):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+
+
+def test_a_nan_crop_is_skipped_the_run_stops_and_the_newest_checkpoint_is_intact(tmp_path, embedded_cache, monkeypatch):
+    from dino_hf.data import DinoMultiCropAugmentation
+
+    calls = {"n": 0}
+    original = DinoMultiCropAugmentation.forward
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third step's crops
+            out.global_crops[0, 0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(DinoMultiCropAugmentation, "forward", poisoned)
+    seen = {}
+
+    def record(step, batch, output, model):
+        if step in (2, 3):
+            seen[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        if step == 3:  # checkpoint-2 is on disk: remember its bytes
+            seen["files"] = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-2").iterdir() if p.is_file()}
+
+    # Logging every 5 steps: the flag is read before the checkpoint at step 4, not at a logging step.
+    args = tiny_run(tmp_path, embedded_cache, training={"checkpointing_steps": 2, "logging_steps": 5})
+    with pytest.raises(NonFiniteLossError, match="Loss is nan, stopping training.*lower --lr"):
+        pretrain(*args, step_callback=record)
+    # The poisoned step 3 changed nothing: student, teacher, center (the optimizer state is covered in test_step).
+    for name, value in seen[2].items():
+        assert torch.equal(seen[3][name], value), name
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-2").iterdir() if p.is_file()} == seen["files"]
+
+
+def test_gradient_accumulation_and_three_global_crops_in_a_run(tmp_path, embedded_cache):
+    args = tiny_run(
+        tmp_path,
+        embedded_cache,
+        data={"augmentation_overrides": json.dumps({"global_crops_number": 3})},
+        training={"gradient_accumulation_steps": 2, "max_steps": 2, "steps_per_epoch": None},
+    )
+    result = pretrain(*args)
+    # Two optimizer steps of 2 micro-batches of 4 images; the schedules count optimizer steps: an epoch of the
+    # 40-image embedded set is 40 // (4 * 2) = 5 of them.
+    assert result.global_step == 2 and len(losses(result.history)) == 2
+    assert all(math.isfinite(v) for v in losses(result.history))
+    assert result.history[-1]["epoch"] == pytest.approx(1 / 5)
