@@ -6,6 +6,9 @@
 #   2. checks (benchmarks/check_train_step.py): compiled (inductor) vs eager in bf16, and no host synchronisation in
 #      the step (torch.cuda.set_sync_debug_mode("error")) in bf16 eager and compiled, with global clipping, and in
 #      fp16 with GradScaler;
+#   2b. precision (benchmarks/bench_head_precision.py): the teacher targets (entropy, top-1 prototype agreement, KL)
+#      and 200 training steps of loss under bf16 (float32 last layer, the default), a bf16 last layer and an fp16
+#      last layer (the reference's), each against float32, with K = 65536 prototypes;
 #   3. the benchmark table (benchmarks/bench_train_step.py), most important first: ViT-S/16 batch 128 compiled,
 #      ViT-B/16 batch 64 compiled, ViT-S/16 batch 128 eager, ViT-S/16 batch 64 compiled with the timed steps under
 #      set_sync_debug_mode("error"), ViT-S/16 batch 128 with the heads and the loss compiled too.
@@ -55,9 +58,11 @@ run_part() {
 if [[ "${DINO_GPU_CHECKS_CPU:-0}" == 1 ]]; then
   # Logic test on a CPU: every benchmark on the tiny preset, compiled with aot_eager, one thread.
   CHECK_ARGS=(--device cpu --backend aot_eager --threads 1)
+  PRECISION_ARGS=(--device cpu --quick)
   bench_args() { echo "--preset tiny-cpu --cpu --compile_backend aot_eager --steps 3 --warmup 1"; }
 else
   CHECK_ARGS=()
+  PRECISION_ARGS=(--device cuda --out_dim 65536 --batch_size 32 --local_crops 10)
   bench_args() { echo "--preset $1"; }
 fi
 
@@ -79,6 +84,8 @@ PY
 } 2>&1 | tee "$OUT/environment.txt" | tee -a "$SUMMARY"
 
 run_part checks 150 "$PYTHON" benchmarks/check_train_step.py --json "$OUT/checks.json" ${CHECK_ARGS[@]+"${CHECK_ARGS[@]}"}
+run_part head-precision 120 "$PYTHON" benchmarks/bench_head_precision.py --json "$OUT/head_precision.json" \
+  "${PRECISION_ARGS[@]}"
 
 # NAME PRESET TIMEOUT EXTRA-ARGS, most important first.
 BENCHMARKS=(
