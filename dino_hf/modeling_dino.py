@@ -757,7 +757,9 @@ class DinoLoss(nn.Module):
         if isinstance(teacher_temp, torch.Tensor):
             teacher_temp = teacher_temp.float()
         with torch.no_grad():
-            teacher_log_probs = F.log_softmax((teacher_logits.detach().float() - center.float()) / teacher_temp, dim=-1)
+            teacher_log_probs = F.log_softmax(
+                (teacher_logits.detach().float() - center.float()) / teacher_temp, dim=-1
+            )
             teacher_probs = teacher_log_probs.exp()
         student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
 

@@ -274,3 +274,16 @@ def test_compile_regions_are_parsed_and_checked():
     assert parse_compile_regions("blocks, loss") == ("blocks", "loss")
     with pytest.raises(ValueError, match="Unknown compile regions"):
         parse_compile_regions("blocks,backbone")
+
+
+def test_head_precision_benchmark_quick(tmp_path):
+    import bench_head_precision
+
+    results = bench_head_precision.main(["--quick", "--json", str(tmp_path / "out.json")])
+    assert json.loads((tmp_path / "out.json").read_text()) == results
+    targets, curves = results["teacher_targets"], results["loss_curves"]
+    assert set(targets) == set(curves) == set(bench_head_precision.PRECISIONS)
+    assert targets["float32"]["temp_0.04"]["top1_agreement"] == 1.0 and curves["float32"]["mean_abs_difference"] == 0
+    for precision in ("bf16", "bf16_last_layer", "fp16_last_layer"):  # half precision moves the targets a little
+        row = targets[precision]["temp_0.04"]
+        assert 0 < row["max_logit_error"] < 0.05 and 0.5 <= row["top1_agreement"] <= 1.0

@@ -205,7 +205,9 @@ def test_metrics_reach_tensorboard(tmp_path, embedded_cache):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
 
 
-def test_a_nan_crop_is_skipped_the_run_stops_and_the_newest_checkpoint_is_intact(tmp_path, embedded_cache, monkeypatch):
+def test_a_nan_crop_is_skipped_the_run_stops_and_the_newest_checkpoint_is_intact(
+    tmp_path, embedded_cache, monkeypatch
+):
     from dino_hf.data import DinoMultiCropAugmentation
 
     calls = {"n": 0}

@@ -27,7 +27,7 @@ def snapshot(dino, optimizer) -> dict[str, torch.Tensor]:
     """Every tensor a step may change: student, teacher, center, and the optimizer's moments and step counts."""
     state = {f"model.{k}": v.detach().clone() for k, v in dino.state_dict().items()}
     inner = getattr(optimizer, "optimizer", optimizer)
-    for index, (param, values) in enumerate(inner.state.items()):
+    for index, values in enumerate(inner.state.values()):
         state.update({f"optimizer.{index}.{k}": v.detach().clone() for k, v in values.items()})
     return state
 
