@@ -347,6 +347,17 @@ def test_ema_formula():
     for name, p in model.teacher.named_parameters():
         torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * student[name], msg=name)
 
+    # The training step's guarded form: a skipped step leaves the teacher exactly as it was; an applied one rounds
+    # as the reference (teacher * m + ((1 - m) * student)), in float32 even under autocast.
+    before = {n: p.clone() for n, p in model.teacher.named_parameters()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.update_teacher(0.9, apply=torch.tensor(False))
+    assert all(torch.equal(p, before[n]) for n, p in model.teacher.named_parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.update_teacher(0.9, apply=torch.tensor(True))
+    for name, p in model.teacher.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[name] * 0.9 + (1 - 0.9) * student[name]), name
+
 
 def test_forward_argument_errors():
     model = DinoForSelfDistillation(tiny_config())
@@ -479,7 +490,7 @@ def test_float32_last_layer_computes_the_cosines_in_float32():
         assert head(features).dtype == torch.bfloat16
 
 
-def test_center_and_ema_are_float32_under_autocast_and_skip_when_not_applied():
+def test_center_is_float32_under_autocast_accumulates_and_skips_when_not_applied():
     center = DinoCenter(out_dim=8, momentum=0.9)
     logits = torch.randn(6, 8).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -492,19 +503,3 @@ def test_center_and_ema_are_float32_under_autocast_and_skip_when_not_applied():
     center.accumulate(torch.full((2, 8), float("nan")))
     center.commit(apply=torch.tensor(False))
     assert torch.equal(center.center, before)
-
-    model = DinoForSelfDistillation(tiny_config())
-    with torch.no_grad():
-        for p in model.student.parameters():
-            p.add_(torch.randn_like(p))
-    teacher = {n: p.clone() for n, p in model.teacher.named_parameters()}
-    student = dict(model.student.named_parameters())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        model.update_teacher(0.9, apply=torch.tensor(False))
-    assert all(torch.equal(p, teacher[n]) for n, p in model.teacher.named_parameters())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        model.update_teacher(0.9, apply=torch.tensor(True))
-    for name, p in model.teacher.named_parameters():
-        assert p.dtype == torch.float32
-        # The reference's rounding: teacher * m + ((1 - m) * student).
-        assert torch.equal(p, teacher[name] * 0.9 + (1 - 0.9) * student[name]), name
