@@ -185,6 +185,18 @@ def compare_losses(runs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def summary_table(results: dict[str, Any]) -> str:
+    """One line per precision (the figures docs/performance.md quotes), for the end of a log."""
+    lines = ["precision: top-1 agreement T=0.04 | KL from float32 | largest cosine error | loss mean rel. diff"]
+    for precision, targets in results["teacher_targets"].items():
+        row, curve = targets["temp_0.04"], results["loss_curves"][precision]
+        lines.append(
+            f"{precision}: {row['top1_agreement']:.4f} | {row['kl_from_float32']:.2e} | {row['max_logit_error']:.2e}"
+            f" | {curve['mean_relative_difference']:.2e}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
@@ -215,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss_curves": compare_losses(runs),
     }
     print(json.dumps(results, indent=2))
+    print(summary_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
