@@ -1,11 +1,12 @@
 """dino_hf: DINO (self-distillation with no labels, Caron et al. 2021) the Hugging Face way."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from .configuration_dino import DinoConfig
 from .hub import RELEASED_MODELS, resolve_model_id  # also lets from_pretrained take the released models' names
 from .modeling_dino import (
     DinoCenter,
+    DinoForImageClassification,
     DinoForSelfDistillation,
     DinoHead,
     DinoLoss,
@@ -23,14 +24,17 @@ __version__ = "0.1.0"
 AutoConfig.register("dino", DinoConfig, exist_ok=True)
 AutoModel.register(DinoConfig, DinoViTModel, exist_ok=True)
 AutoModelForPreTraining.register(DinoConfig, DinoForSelfDistillation, exist_ok=True)
+AutoModelForImageClassification.register(DinoConfig, DinoForImageClassification, exist_ok=True)
 # Saved folders name these files in `auto_map`, so they load with trust_remote_code=True without dino_hf.
 DinoConfig.register_for_auto_class()
 DinoViTModel.register_for_auto_class("AutoModel")
 DinoForSelfDistillation.register_for_auto_class("AutoModelForPreTraining")
+DinoForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "DinoCenter",
     "DinoConfig",
+    "DinoForImageClassification",
     "DinoForSelfDistillation",
     "DinoHead",
     "DinoLoss",

@@ -64,6 +64,14 @@ class DinoConfig(PreTrainedConfig):
             linearly from 0.04 over the first 30 epochs).
         center_momentum (`float`, defaults to 0.9): momentum of the teacher-output center.
 
+    Classification ([`DinoForImageClassification`], linear evaluation):
+        n_last_blocks (`int`, *optional*): blocks whose [CLS] tokens make the linear-evaluation features. Defaults by
+            width as in the reference: 1 for ViT-B and wider (`hidden_size >= 768`), else 4 (or every block of a
+            shallower model).
+        avgpool_patchtokens (`bool`, *optional*): add the average of the last block's patch tokens to the features.
+            Defaults by width: True for ViT-B and wider, else False.
+        The classifier also honours transformers' `num_labels`, `id2label`, `label2id` and `problem_type`.
+
     Example:
 
     ```python
@@ -101,7 +109,17 @@ class DinoConfig(PreTrainedConfig):
     teacher_temp: float = 0.07
     center_momentum: float = 0.9
 
+    n_last_blocks: int | None = None
+    avgpool_patchtokens: bool | None = None
+
     def __post_init__(self, **kwargs):
+        # The reference's linear-evaluation features by width (eval_linear.py help: n=4 for ViT-S, n=1 + avgpool for
+        # ViT-B); resolved once here, so a saved config states the layout its classifier was trained on.
+        wide = isinstance(self.hidden_size, int) and self.hidden_size >= 768
+        if self.n_last_blocks is None and isinstance(self.num_hidden_layers, int):
+            self.n_last_blocks = 1 if wide else min(4, self.num_hidden_layers)
+        if self.avgpool_patchtokens is None:
+            self.avgpool_patchtokens = wide
         self.check_values()
         super().__post_init__(**kwargs)
 
@@ -143,12 +161,22 @@ class DinoConfig(PreTrainedConfig):
         for name in ("student_temp", "teacher_temp"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DinoConfig.{name} must be a positive temperature, got {getattr(self, name)!r}.")
+        if isinstance(self.n_last_blocks, bool) or not 1 <= self.n_last_blocks <= self.num_hidden_layers:
+            raise ValueError(
+                f"DinoConfig.n_last_blocks must be between 1 and num_hidden_layers ({self.num_hidden_layers}), "
+                f"got {self.n_last_blocks!r}."
+            )
         if not 0.0 <= self.center_momentum <= 1.0:
             raise ValueError(f"DinoConfig.center_momentum must be in [0, 1], got {self.center_momentum!r}.")
 
     def validate_dino_values(self):
         """Part of the strict-dataclass validation that `save_pretrained` runs again."""
         self.check_values()
+
+    @property
+    def linear_feature_dim(self) -> int:
+        """Width of the linear-evaluation features ([`DinoViTModel.get_linear_features`]) with this config's layout."""
+        return self.hidden_size * (self.n_last_blocks + int(self.avgpool_patchtokens))
 
     @property
     def head_dim(self) -> int:

@@ -7,6 +7,7 @@ Transformers").
 - [`DinoHead`]: the projection head (MLP -> L2-normalised bottleneck -> weight-normalised prototypes).
 - [`DinoLoss`] and [`DinoCenter`]: the multi-crop cross-entropy with a centred, sharpened teacher.
 - [`DinoForSelfDistillation`]: student and EMA teacher (backbone + head each), the center, and the loss.
+- [`DinoForImageClassification`]: the backbone with a linear classifier on the linear-evaluation features.
 
 This file depends on torch and transformers only, so that a saved model folder can be loaded with
 `trust_remote_code=True` by someone who never installed `dino_hf`.
@@ -17,20 +18,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
@@ -526,6 +530,47 @@ class DinoViTModel(DinoPreTrainedModel):
             if index >= first_kept:
                 outputs.append(self.layernorm(hidden_states))
         return tuple(outputs)
+
+    def get_linear_features(
+        self, pixel_values: torch.Tensor, n_last_blocks: int | None = None, avgpool_patchtokens: bool | None = None
+    ) -> torch.Tensor:
+        """The linear-evaluation features of the reference's `eval_linear.py`, `(B, D * (n_last_blocks + avgpool))`.
+
+        The [CLS] tokens of the last `n_last_blocks` blocks (each through the final LayerNorm), concatenated. With
+        `avgpool_patchtokens` and one block (the reference's ViT-B setting) the [CLS] token and the average of the
+        last block's patch tokens are *interleaved*, as the reference stacks them on a last axis and flattens:
+        `[cls_0, avg_0, cls_1, avg_1, ...]` (its released ViT-B linear weights expect exactly this). The reference
+        cannot pool with several blocks (its stacking fails); here the average then follows the concatenated [CLS]
+        tokens, `[cls^1 | ... | cls^n | avg]`, as in DINOv2's linear evaluation.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): normalised images.
+            n_last_blocks (`int`, *optional*): defaults to `config.n_last_blocks` (4 for ViT-S, 1 for ViT-B).
+            avgpool_patchtokens (`bool`, *optional*): defaults to `config.avgpool_patchtokens` (True for ViT-B).
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from dino_hf import DinoConfig, DinoViTModel
+        >>> model = DinoViTModel(DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4,
+        ...                                 num_attention_heads=4)).eval()
+        >>> model.get_linear_features(torch.randn(2, 3, 32, 32), n_last_blocks=4).shape  # ViT-S layout
+        torch.Size([2, 256])
+        >>> model.get_linear_features(torch.randn(2, 3, 32, 32), 1, avgpool_patchtokens=True).shape  # ViT-B layout
+        torch.Size([2, 128])
+        ```
+        """
+        n_last_blocks = self.config.n_last_blocks if n_last_blocks is None else n_last_blocks
+        avgpool = self.config.avgpool_patchtokens if avgpool_patchtokens is None else avgpool_patchtokens
+        blocks = self.get_intermediate_layers(pixel_values, n_last_blocks)
+        cls_tokens = torch.cat([tokens[:, 0] for tokens in blocks], dim=-1)
+        if not avgpool:
+            return cls_tokens
+        average = blocks[-1][:, 1:].mean(dim=1)
+        if n_last_blocks == 1:
+            return torch.stack((cls_tokens, average), dim=-1).flatten(1)
+        return torch.cat((cls_tokens, average), dim=-1)
 
     def get_last_selfattention(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Attention probabilities of the last block, `(B, heads, 1 + num_patches, 1 + num_patches)`, [CLS] first.
@@ -1036,9 +1081,181 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         return backbone.eval()
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Image classification
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _linear_probe_tensors(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(weight (num_labels, dim), bias (num_labels,))` of a trained linear probe, in any of its forms.
+
+    Accepts dino_hf's `LinearProbeResult` (its `.classifier`), a `LinearClassifier` (its `.linear`), an `nn.Linear`,
+    a state dict (the reference's `{"state_dict": {"module.linear.weight": ...}}` or any dict whose keys end in
+    `linear.weight`/`linear.bias` or are `weight`/`bias`), or the path of such a state dict: `.safetensors`, or a
+    `.pth` read with `torch.load(weights_only=True)` (tensors and plain containers only, no code is unpickled).
+    """
+    if isinstance(probe, (str, os.PathLike)):
+        path = str(probe)
+        if path.endswith(".safetensors"):
+            probe = load_safetensors(path)
+        else:
+            probe = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(probe, nn.Module) and hasattr(probe, "classifier"):
+        probe = probe.classifier
+    if isinstance(probe, nn.Module) and isinstance(getattr(probe, "linear", None), nn.Linear):
+        probe = probe.linear
+    if isinstance(probe, nn.Linear):
+        if probe.bias is None:
+            raise ValueError("The linear probe has no bias; the reference's LinearClassifier always has one.")
+        return probe.weight.detach().float().cpu(), probe.bias.detach().float().cpu()
+    if isinstance(probe, Mapping):
+        state = probe.get("state_dict", probe)
+        state = {key.removeprefix("module.").removeprefix("linear."): value for key, value in state.items()}
+        if isinstance(state.get("weight"), torch.Tensor) and isinstance(state.get("bias"), torch.Tensor):
+            return state["weight"].float(), state["bias"].float()
+        raise ValueError(f"No linear-probe weights in the state dict (keys: {sorted(probe.get('state_dict', probe))}).")
+    raise TypeError(f"Cannot read linear-probe weights from a {type(probe).__name__}.")
+
+
+class DinoForImageClassification(DinoPreTrainedModel):
+    """A DINO backbone with a linear classifier on the reference's linear-evaluation features.
+
+    The features are [`DinoViTModel.get_linear_features`] with the config's `n_last_blocks` / `avgpool_patchtokens`
+    (ViT-S: the last 4 [CLS] tokens; ViT-B: [CLS] and averaged patch tokens, interleaved as in the reference); the
+    head is the reference's `LinearClassifier`, one `nn.Linear` initialised `N(0, 0.01)` with zero bias. Fine-tune it
+    whole, or freeze `model.dino` for linear evaluation. `num_labels`, `id2label`, `label2id` and `problem_type` (and
+    hence the loss: cross-entropy, BCE or MSE) work as in transformers' classifiers, as do `pipeline(
+    "image-classification")` and `Trainer`. Loading a backbone folder with `from_pretrained` gives the backbone's
+    weights and a new head; [`~DinoForImageClassification.from_linear_probe`] turns a trained probe into a model.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoConfig, DinoForImageClassification
+    >>> config = DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    ...                     id2label={0: "cat", 1: "dog", 2: "bird"})
+    >>> model = DinoForImageClassification(config).eval()
+    >>> out = model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2]))
+    >>> out.logits.shape, model.classifier.in_features  # 4 [CLS] tokens of width 64
+    (torch.Size([2, 3]), 256)
+    ```
+    """
+
+    def __init__(self, config: DinoConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dino = DinoViTModel(config)
+        self.classifier = (
+            nn.Linear(config.linear_feature_dim, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is getattr(self, "classifier", None) and isinstance(module, nn.Linear):
+            # The reference LinearClassifier's initialisation, not the backbone's truncated normal.
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): normalised images.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices for the cross-entropy
+                loss; float `(batch_size, num_labels)` targets for `problem_type="multi_label_classification"`, or
+                values for regression (`num_labels == 1`).
+            return_dict (`bool`, *optional*): return an `ImageClassifierOutput` instead of a tuple.
+
+        Returns:
+            `ImageClassifierOutput` with `logits` `(batch_size, num_labels)` and `loss` when `labels` are given.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        features = self.dino.get_linear_features(
+            pixel_values, self.config.n_last_blocks, self.config.avgpool_patchtokens
+        )
+        logits = self.classifier(features)
+        loss = None if labels is None else self.loss_function(labels, logits, self.config)
+        if not return_dict:
+            return (logits,) if loss is None else (loss, logits)
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_backbone(cls, backbone: DinoViTModel, **config_overrides: Any) -> DinoForImageClassification:
+        """A classifier with `backbone`'s weights (copied, on the CPU in float32) and a new head.
+
+        Args:
+            backbone: a [`DinoViTModel`].
+            **config_overrides: config fields, e.g. `id2label={0: "cat", 1: "dog"}` (sets `num_labels` and
+                `label2id` too), `num_labels=10`, `n_last_blocks=1`, `avgpool_patchtokens=True`, `problem_type`.
+        """
+        config = copy.deepcopy(backbone.config)
+        config.architectures = [cls.__name__]
+        id2label = config_overrides.pop("id2label", None)
+        if id2label is not None:
+            config.id2label = {int(index): str(name) for index, name in dict(id2label).items()}
+            config.label2id = {name: index for index, name in config.id2label.items()}
+        for key, value in config_overrides.items():
+            setattr(config, key, value)
+        config.check_values()
+        model = cls(config)
+        state = {key: value.detach().to("cpu", torch.float32) for key, value in backbone.state_dict().items()}
+        model.dino.load_state_dict(state)
+        return model
+
+    @classmethod
+    def from_linear_probe(
+        cls, backbone: DinoViTModel, probe: Any, *, id2label: Mapping[int, str] | None = None, **config_overrides: Any
+    ) -> DinoForImageClassification:
+        """A trained linear probe on `backbone` as one classifier model, ready for `save_pretrained` / `pipeline`.
+
+        Args:
+            backbone: the frozen backbone the probe was trained on.
+            probe: dino_hf's `LinearProbeResult` or `LinearClassifier`, an `nn.Linear`, a state dict, or a path to
+                one: the reference's released `*_linearweights.pth` (`module.linear.weight`/`bias`, read with
+                `torch.load(weights_only=True)`) or a `.safetensors` file.
+            id2label: class names by index (their number must match the probe's outputs); default `LABEL_i`.
+            **config_overrides: e.g. `n_last_blocks=4, avgpool_patchtokens=False` when the probe was trained on
+                another feature layout than the backbone config's default.
+
+        Raises:
+            ValueError: when the probe's input width is not the feature width of the layout.
+
+        Example:
+
+        ```python
+        >>> model = DinoForImageClassification.from_linear_probe(  # doctest: +SKIP
+        ...     backbone, "dino_vitbase16_linearweights.pth", id2label=imagenet_classes)
+        ```
+        """
+        weight, bias = _linear_probe_tensors(probe)
+        if id2label is not None and len(id2label) != weight.shape[0]:
+            raise ValueError(f"id2label has {len(id2label)} names but the probe has {weight.shape[0]} outputs.")
+        overrides = {"id2label": id2label} if id2label is not None else {"num_labels": weight.shape[0]}
+        model = cls.from_backbone(backbone, **overrides, **config_overrides)
+        expected = model.config.linear_feature_dim
+        if weight.shape[1] != expected:
+            raise ValueError(
+                f"The probe takes {weight.shape[1]} features but n_last_blocks={model.config.n_last_blocks}, "
+                f"avgpool_patchtokens={model.config.avgpool_patchtokens} give {expected} (hidden size "
+                f"{model.config.hidden_size}); pass the n_last_blocks / avgpool_patchtokens it was trained with."
+            )
+        with torch.no_grad():
+            model.classifier.weight.copy_(weight)
+            model.classifier.bias.copy_(bias)
+        return model.eval()
+
+
 __all__ = [
     "DinoBackboneWithHead",
     "DinoCenter",
+    "DinoForImageClassification",
     "DinoForSelfDistillation",
     "DinoHead",
     "DinoLoss",

@@ -1,7 +1,8 @@
 """Linear evaluation: a linear classifier trained on the frozen backbone's features (the reference `eval_linear.py`).
 
 Features (the paper, Sec. 4.1 / Appendix): ViT-S concatenates the [CLS] tokens of the last 4 blocks (each through the
-final LayerNorm); ViT-B takes the last block's [CLS] token with the average of its patch tokens. The classifier is
+final LayerNorm); ViT-B takes the last block's [CLS] token with the average of its patch tokens, interleaved as in the
+reference (see `DinoViTModel.get_linear_features`). The classifier is
 one `nn.Linear` (no BatchNorm), weights `N(0, 0.01)`, bias 0, trained with SGD (momentum 0.9, no weight decay,
 lr `0.001 * global_batch / 256`) and a cosine schedule to 0 over 100 epochs; training images get a random resized
 crop and a horizontal flip, evaluation images a resize to 256 and a center crop of 224 (the data side's job: the loop
@@ -115,11 +116,13 @@ class LinearClassifier(nn.Module):
 def extract_linear_features(
     model: DinoViTModel, pixel_values: torch.Tensor, n_last_blocks: int = 4, avgpool_patchtokens: bool = False
 ) -> torch.Tensor:
-    """Linear-evaluation features: the [CLS] tokens of the last `n_last_blocks` blocks (each through the final
-    LayerNorm), optionally followed by the average of the last block's patch tokens.
+    """Linear-evaluation features in the reference's layout: [`DinoViTModel.get_linear_features`].
 
-    Returns `(B, D * (n_last_blocks + avgpool_patchtokens))`; with `n_last_blocks=1` and no pooling this is the DINO
-    feature, `model(pixel_values).pooler_output`. Gradients flow unless the caller disables them.
+    The [CLS] tokens of the last `n_last_blocks` blocks (each through the final LayerNorm); with
+    `avgpool_patchtokens` and one block (ViT-B), [CLS] and the averaged patch tokens interleaved as the reference
+    does (`[cls_0, avg_0, cls_1, avg_1, ...]`), so its released ViT-B linear weights apply. Returns
+    `(B, D * (n_last_blocks + avgpool_patchtokens))`; with `n_last_blocks=1` and no pooling this is the DINO feature,
+    `model(pixel_values).pooler_output`. Gradients flow unless the caller disables them.
 
     Example:
 
@@ -134,11 +137,7 @@ def extract_linear_features(
     torch.Size([2, 128])
     ```
     """
-    blocks = model.get_intermediate_layers(pixel_values, n_last_blocks)
-    parts = [tokens[:, 0] for tokens in blocks]
-    if avgpool_patchtokens:
-        parts.append(blocks[-1][:, 1:].mean(dim=1))
-    return torch.cat(parts, dim=-1)
+    return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
 
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, Any, Any]:
