@@ -1113,7 +1113,9 @@ def _linear_probe_tensors(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
         state = {key.removeprefix("module.").removeprefix("linear."): value for key, value in state.items()}
         if isinstance(state.get("weight"), torch.Tensor) and isinstance(state.get("bias"), torch.Tensor):
             return state["weight"].float(), state["bias"].float()
-        raise ValueError(f"No linear-probe weights in the state dict (keys: {sorted(probe.get('state_dict', probe))}).")
+        raise ValueError(
+            f"No linear-probe weights in the state dict (keys: {sorted(probe.get('state_dict', probe))})."
+        )
     raise TypeError(f"Cannot read linear-probe weights from a {type(probe).__name__}.")
 
 

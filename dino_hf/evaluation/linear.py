@@ -70,11 +70,11 @@ class LinearProbeConfig:
 
     @classmethod
     def for_backbone(cls, config: DinoConfig, **overrides: Any) -> LinearProbeConfig:
-        """The paper's feature choice for a backbone: ViT-B and wider use [CLS] + pooled patches, smaller ones 4 x [CLS]
-        (all blocks' [CLS] for backbones shallower than 4 blocks)."""
-        if config.hidden_size >= 768:
-            return cls(**{"n_last_blocks": 1, "avgpool_patchtokens": True, **overrides})
-        return cls(**{"n_last_blocks": min(4, config.num_hidden_layers), "avgpool_patchtokens": False, **overrides})
+        """The paper's feature choice for a backbone, as its config states it (`DinoConfig.n_last_blocks`,
+        `avgpool_patchtokens`, defaulting by width: ViT-B and wider [CLS] + pooled patches, smaller ones 4 x [CLS],
+        or all blocks' [CLS] for backbones shallower than 4 blocks)."""
+        layout = {"n_last_blocks": config.n_last_blocks, "avgpool_patchtokens": config.avgpool_patchtokens}
+        return cls(**{**layout, **overrides})
 
     def learning_rate(self, global_batch_size: int) -> float:
         """The linear scaling rule: `base_lr * global_batch_size / 256`."""
