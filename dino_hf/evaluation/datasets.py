@@ -59,6 +59,25 @@ def eval_batches(
         yield transform(batch.images, batch.sizes), batch.labels, batch.ids
 
 
+def classification_crop_config(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> MultiCropConfig:
+    """One random-resized crop (scale 0.08-1) and a horizontal flip, no colour changes: the reference's
+    `RandomResizedCrop(224)` + `RandomHorizontalFlip()` of linear evaluation and DeiT's geometric augmentation."""
+    return MultiCropConfig(
+        global_crops_number=1,
+        global_crops_size=image_size,
+        global_crops_scale=(0.08, 1.0),
+        local_crops_number=0,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p_global=(0.0,),
+        solarize_p_global=(0.0,),
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
 def probe_train_batches(
     source: ImageSource,
     *,
@@ -84,20 +103,7 @@ def probe_train_batches(
         if source.num_examples is None:
             raise ValueError("The dataset size is unknown: pass steps_per_epoch.")
         steps_per_epoch = max(1, source.num_examples // (batch_size * world_size))
-    augment = DinoMultiCropAugmentation(
-        MultiCropConfig(
-            global_crops_number=1,
-            global_crops_size=image_size,
-            global_crops_scale=(0.08, 1.0),
-            local_crops_number=0,
-            color_jitter_p=0.0,
-            grayscale_p=0.0,
-            blur_p_global=(0.0,),
-            solarize_p_global=(0.0,),
-            mean=tuple(mean),
-            std=tuple(std),
-        )
-    )
+    augment = DinoMultiCropAugmentation(classification_crop_config(image_size, mean, std))
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
     stream = iter(
         build_pretraining_loader(

@@ -45,13 +45,13 @@ from ..data import (
     DinoMultiCropAugmentation,
     EvalTransform,
     ImageSource,
-    MultiCropConfig,
     decode_image,
     load_image_dataset,
 )
 from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from ..data.loading import collate_images
 from ..modeling_dino import DinoForImageClassification
+from .datasets import classification_crop_config
 from .features import (
     EVAL_CROP_RATIO,
     dino_image_processor,
@@ -153,25 +153,6 @@ class DinoFinetuningTrainer(Trainer):
 # ---------------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def classification_crop_config(
-    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> MultiCropConfig:
-    """One random-resized crop (scale 0.08-1) and a horizontal flip, no colour changes: the reference's
-    `RandomResizedCrop(224)` + `RandomHorizontalFlip()` of linear evaluation and DeiT's geometric augmentation."""
-    return MultiCropConfig(
-        global_crops_number=1,
-        global_crops_size=image_size,
-        global_crops_scale=(0.08, 1.0),
-        local_crops_number=0,
-        color_jitter_p=0.0,
-        grayscale_p=0.0,
-        blur_p_global=(0.0,),
-        solarize_p_global=(0.0,),
-        mean=tuple(mean),
-        std=tuple(std),
-    )
 
 
 class ClassificationTransform:
@@ -549,7 +530,6 @@ __all__ = [
     "DinoFinetuningTrainer",
     "FinetuneArguments",
     "FinetuneSummary",
-    "classification_crop_config",
     "classification_metrics",
     "finetune",
     "finetuned_model_card",
