@@ -8,7 +8,12 @@ from torch import nn
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, pipeline
 
 from dino_hf import DinoConfig, DinoForImageClassification, DinoViTModel
-from dino_hf.evaluation import LinearClassifier, extract_linear_features, save_model_with_processor
+from dino_hf.evaluation import (
+    LinearClassifier,
+    LinearProbeResult,
+    extract_linear_features,
+    save_model_with_processor,
+)
 
 
 def tiny_config(**overrides):
@@ -124,6 +129,8 @@ def test_from_linear_probe_checks_width_and_names():
     model = DinoForImageClassification.from_linear_probe(backbone, probe, id2label={0: "a", 1: "b", 2: "c"})
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"} and model.config.label2id["c"] == 2
     torch.testing.assert_close(model.classifier.weight, probe.linear.weight, rtol=0, atol=0)
+    from_result = DinoForImageClassification.from_linear_probe(backbone, LinearProbeResult(classifier=probe))
+    torch.testing.assert_close(from_result.classifier.bias, probe.linear.bias, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pass the n_last_blocks"):
         DinoForImageClassification.from_linear_probe(backbone, LinearClassifier(64, 3))
     with pytest.raises(ValueError, match="id2label has 2 names"):

@@ -123,19 +123,6 @@ def extract_linear_features(
     does (`[cls_0, avg_0, cls_1, avg_1, ...]`), so its released ViT-B linear weights apply. Returns
     `(B, D * (n_last_blocks + avgpool_patchtokens))`; with `n_last_blocks=1` and no pooling this is the DINO feature,
     `model(pixel_values).pooler_output`. Gradients flow unless the caller disables them.
-
-    Example:
-
-    ```python
-    >>> import torch
-    >>> from dino_hf import DinoConfig, DinoViTModel
-    >>> model = DinoViTModel(DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4,
-    ...                                 num_attention_heads=4)).eval()
-    >>> extract_linear_features(model, torch.randn(2, 3, 32, 32), n_last_blocks=4).shape  # ViT-S layout
-    torch.Size([2, 256])
-    >>> extract_linear_features(model, torch.randn(2, 3, 32, 32), 1, avgpool_patchtokens=True).shape  # ViT-B layout
-    torch.Size([2, 128])
-    ```
     """
     return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
 
