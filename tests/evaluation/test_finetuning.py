@@ -134,14 +134,13 @@ def _finetune(backbone, output_dir, cache_dir, extra=()):
     options = {"train_per_class": 30, "validation_per_class": 20, "num_shards": 2, "seed": 1, "cache_dir": cache_dir}
     argv = [
         "--model_name_or_path", str(backbone), "--output_dir", str(output_dir), "--dataset_name", "embedded",
-        "--embedded_options", json.dumps(options), "--num_train_epochs", "3", "--per_device_train_batch_size", "32",
-        "--base_learning_rate", "0.004", "--warmup_epochs", "0.5", "--num_workers", "0", "--save_strategy", "no",
+        "--embedded_options", json.dumps(options), "--num_train_epochs", "10", "--per_device_train_batch_size", "32",
+        "--base_learning_rate", "0.016", "--warmup_epochs", "0.5", "--num_workers", "0", "--save_strategy", "no",
         "--eval_strategy", "no", "--logging_steps", "100", "--seed", "0", *extra,
     ]  # fmt: skip
     return finetune_main(argv)
 
 
-@pytest.mark.skipif(not PRETRAINED.is_dir(), reason="the committed demo backbone is missing")
 def test_finetune_pretrained_beats_random_and_publishes(tmp_path):
     pretrained = DinoViTModel.from_pretrained(PRETRAINED)
     torch.manual_seed(0)
@@ -154,7 +153,8 @@ def test_finetune_pretrained_beats_random_and_publishes(tmp_path):
         tuned = _finetune(PRETRAINED, tmp_path / "tuned", cache, ["--push_to_hub", "--hub_model_id", "someone/x"])
     scratch = _finetune(tmp_path / "random", tmp_path / "scratch", cache)
     top1, scratch_top1 = tuned.metrics["eval_top1"], scratch.metrics["eval_top1"]
-    assert top1 >= scratch_top1 + 15, (top1, scratch_top1)
+    # Measured over seeds 0-3 (docs/finetuning.md): pretrained 49-60%, random 27-31%, margin 18-31 points.
+    assert top1 >= scratch_top1 + 10, (top1, scratch_top1)
 
     # The published folder: pipeline-ready, with a card, uploaded without training checkpoints.
     upload = hub.return_value.upload_folder.call_args.kwargs
