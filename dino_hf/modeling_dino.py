@@ -1144,6 +1144,9 @@ class DinoForImageClassification(DinoPreTrainedModel):
     ```
     """
 
+    # A backbone folder has no head: loading it gives a new one (any other missing weight still raises).
+    _keys_new_on_load = (r"^classifier\.",)
+
     def __init__(self, config: DinoConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers import EvalPrediction, PreTrainedConfig, Trainer, TrainingArguments
 
 from ..configuration_dino import DinoConfig
 from ..data import (
@@ -50,6 +50,7 @@ from ..data import (
 )
 from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from ..data.loading import collate_images
+from ..hub import resolve_model_id
 from ..modeling_dino import DinoForImageClassification
 from .datasets import classification_crop_config
 from .features import (
@@ -66,7 +67,6 @@ logger = logging.getLogger(__name__)
 
 # Parameters that DeiT (timm's `no_weight_decay`) exempts from weight decay besides biases and 1-D tensors.
 _NO_DECAY_NAMES = ("cls_token", "position_embeddings")
-_HEAD_KEYS = frozenset({"classifier.weight", "classifier.bias"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -227,9 +227,12 @@ def load_classifier(
 ) -> DinoForImageClassification:
     """A [`DinoForImageClassification`] with the backbone of a DINO checkpoint and a new head for `id2label`.
 
-    A backbone folder (or Hub repo) loads through `from_pretrained`; a training run (a `DinoForSelfDistillation`
-    folder) gives its teacher backbone. Only the classifier head may be left newly initialised: any other weight the
-    checkpoint lacks raises, so a fine-tune never starts from a silently random backbone.
+    A DINO backbone or classifier folder (or Hub repo) loads through `DinoForImageClassification.from_pretrained`
+    (a classifier's head is replaced when its classes differ); anything else `load_backbone` reads (a training run's
+    teacher, the Hub's `facebook/dino-*` ViTModels, the released models' names) goes through
+    [`~DinoForImageClassification.from_backbone`]. Either way only the classifier head may be left newly initialised:
+    any other weight the checkpoint lacks raises `MissingWeightsError`, so a fine-tune never starts from a silently
+    random backbone.
 
     Args:
         model_name_or_path: the checkpoint.
@@ -237,28 +240,29 @@ def load_classifier(
         **config_overrides: e.g. `drop_path_rate=0.1`, `n_last_blocks=1`, `avgpool_patchtokens=True`.
     """
     id2label = {int(k): str(v) for k, v in id2label.items()}
-    config = DinoConfig.from_pretrained(model_name_or_path)
-    if "DinoForSelfDistillation" in (config.architectures or []):
-        backbone = load_backbone(model_name_or_path)
-        model = DinoForImageClassification.from_backbone(backbone, id2label=id2label, **config_overrides)
-        left_random = set(_HEAD_KEYS)
-    else:
+    source = resolve_model_id(model_name_or_path)
+    values, _ = PreTrainedConfig.get_config_dict(source)
+    architectures = values.get("architectures") or []
+    native = values.get("model_type") == DinoConfig.model_type and any(
+        name in architectures for name in ("DinoViTModel", "DinoForImageClassification")
+    )
+    if native:
         model, info = DinoForImageClassification.from_pretrained(
-            model_name_or_path,
+            source,
             id2label=id2label,
             label2id={name: index for index, name in id2label.items()},
             ignore_mismatched_sizes=True,
             output_loading_info=True,
             **config_overrides,
         )
-        left_random = set(info["missing_keys"]) | {item[0] for item in info["mismatched_keys"]}
-        backbone_missing = sorted(left_random - _HEAD_KEYS)
-        if backbone_missing:
-            raise RuntimeError(
-                f"{model_name_or_path} lacks backbone weights, which would stay random: {backbone_missing[:8]}"
-                f"{' ...' if len(backbone_missing) > 8 else ''}. Is it a DINO checkpoint?"
-            )
-    if left_random:
+        new_head = bool(set(info["missing_keys"]) | {item[0] for item in info["mismatched_keys"]})
+    else:
+        backbone = load_backbone(source)
+        model, new_head = (
+            DinoForImageClassification.from_backbone(backbone, id2label=id2label, **config_overrides),
+            True,
+        )
+    if new_head:
         logger.warning(
             "Loaded every backbone weight from %s; the classifier head (%d features -> %d classes) is new, "
             "initialised N(0, 0.01) as in the reference: the only weights not from the checkpoint.",
@@ -266,8 +270,6 @@ def load_classifier(
             model.config.linear_feature_dim,
             model.config.num_labels,
         )
-    else:
-        logger.info("Loaded backbone and classifier head from %s.", model_name_or_path)
     return model
 
 

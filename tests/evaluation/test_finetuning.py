@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 from transformers import TrainingArguments, pipeline
 
-from dino_hf import DinoConfig, DinoForImageClassification, DinoForSelfDistillation, DinoViTModel
+from dino_hf import (
+    DinoConfig,
+    DinoForImageClassification,
+    DinoForSelfDistillation,
+    DinoViTModel,
+    MissingWeightsError,
+)
 from dino_hf.cli.finetune import main as finetune_main
 from dino_hf.evaluation import save_model_with_processor
 from dino_hf.evaluation.finetuning import (
@@ -126,7 +132,7 @@ def test_load_classifier_keeps_only_the_head_random(tmp_path):
 
     # A checkpoint whose backbone does not fit would leave it random: refused.
     DinoViTModel(tiny_config(hidden_size=64)).save_pretrained(tmp_path / "other")
-    with pytest.raises(RuntimeError, match="lacks backbone weights"):
+    with pytest.raises(MissingWeightsError, match="encoder.layer.0"):
         load_classifier(str(tmp_path / "other"), {0: "a", 1: "b"}, hidden_size=32)
 
 
