@@ -16,10 +16,12 @@ import logging
 
 from transformers import HfArgumentParser
 
-from dino_hf.evaluation.finetuning import FinetuneArguments, FinetuneSummary, finetune
+from dino_hf.evaluation.finetuning import FinetuneArguments, finetune
 
 
-def main(argv: list[str] | None = None) -> FinetuneSummary:
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags and fine-tune. Returns None (a console script exits with `main()`'s value); the final metrics
+    are printed and written to `<output_dir>/finetune_summary.json`."""
     parser = HfArgumentParser(FinetuneArguments)
     parser.description = __doc__.split("\n\n")[0]
     (args,) = parser.parse_args_into_dataclasses(args=argv)
@@ -27,7 +29,6 @@ def main(argv: list[str] | None = None) -> FinetuneSummary:
     summary = finetune(args)
     accuracy = ", ".join(f"{k} {v:.2f}%" for k, v in summary.metrics.items() if k in ("eval_top1", "eval_top5"))
     print(f"Fine-tuned {args.model_name_or_path} on {args.dataset_name}: {accuracy}; saved to {summary.output_dir}")
-    return summary
 
 
 if __name__ == "__main__":
