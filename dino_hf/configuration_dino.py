@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import PreTrainedConfig, ResNetConfig
 
 
 # The paper's backbones (Caron et al. 2021, Table 1 / the reference `vision_transformer.py`).
@@ -18,16 +18,22 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "vit_tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3},
     "vit_small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
     "vit_base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+    # torchvision's resnet50 (v1.5: stride on the 3x3 convolution), the reference's convnet; the resnet_* defaults.
+    "resnet50": {"backbone": "resnet"},
 }
+BACKBONES = ("vit", "resnet")
 
 
 @strict
 class DinoConfig(PreTrainedConfig):
     r"""
-    Configuration of a DINO model: the ViT backbone ([`DinoViTModel`]), the projection head ([`DinoHead`]) and the
-    self-distillation loss ([`DinoForSelfDistillation`]). The defaults are the paper's ViT-S/16 set-up.
+    Configuration of a DINO model: the backbone (the DINO ViT, [`DinoViTModel`], or transformers' `ResNetModel`), the
+    projection head ([`DinoHead`]) and the self-distillation loss ([`DinoForSelfDistillation`]). The defaults are the
+    paper's ViT-S/16 set-up.
 
     Backbone:
+        backbone (`str`, defaults to `"vit"`): `"vit"` (the fields below) or `"resnet"` (transformers' `ResNetModel`
+            built from the `resnet_*` fields, see [`~DinoConfig.resnet_config`]; its pooled feature feeds the head).
         image_size (`int`, defaults to 224): resolution of the position embeddings. Other resolutions divisible by
             `patch_size` work through bicubic interpolation of the position embeddings.
         patch_size (`int`, defaults to 16): side of the square patches.
@@ -43,6 +49,12 @@ class DinoConfig(PreTrainedConfig):
         drop_path_rate (`float`, defaults to 0.1): stochastic depth rate of the last block, linearly increasing
             from 0 over the blocks. It applies to the student only; the teacher never drops paths.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
+
+    ResNet backbone (`backbone="resnet"`; the defaults are ResNet-50, whose pooled feature has 2048 channels):
+        resnet_embedding_size (`int`, defaults to 64): channels of the stem (7x7 convolution).
+        resnet_hidden_sizes (`list[int]`, defaults to `[256, 512, 1024, 2048]`): output channels of each stage.
+        resnet_depths (`list[int]`, defaults to `[3, 4, 6, 3]`): residual blocks per stage.
+        resnet_layer_type (`str`, defaults to `"bottleneck"`): `"bottleneck"` or `"basic"` blocks.
 
     Projection head:
         out_dim (`int`, defaults to 65536): number of prototypes K.
@@ -84,6 +96,7 @@ class DinoConfig(PreTrainedConfig):
 
     model_type = "dino"
 
+    backbone: str = "vit"
     image_size: int = 224
     patch_size: int = 16
     num_channels: int = 3
@@ -96,6 +109,11 @@ class DinoConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     drop_path_rate: float | int = 0.1
     initializer_range: float = 0.02
+
+    resnet_embedding_size: int = 64
+    resnet_hidden_sizes: list[int] | tuple[int, ...] = (256, 512, 1024, 2048)
+    resnet_depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    resnet_layer_type: str = "bottleneck"
 
     out_dim: int = 65536
     head_hidden_dim: int = 2048
@@ -125,6 +143,15 @@ class DinoConfig(PreTrainedConfig):
 
     def check_values(self) -> None:
         """Raise a `ValueError` naming the first invalid field, so mistakes fail here and not as a shape error."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"DinoConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        self.resnet_hidden_sizes, self.resnet_depths = list(self.resnet_hidden_sizes), list(self.resnet_depths)
+        stages = (self.resnet_hidden_sizes, self.resnet_depths)
+        if len(stages[0]) != len(stages[1]) or not all(isinstance(v, int) and v > 0 for v in (*stages[0], *stages[1])):
+            raise ValueError(
+                "DinoConfig.resnet_hidden_sizes and resnet_depths must be lists of positive integers of equal "
+                f"length, got {self.resnet_hidden_sizes!r} and {self.resnet_depths!r}."
+            )
         positive_ints = (
             "image_size",
             "patch_size",
@@ -182,13 +209,38 @@ class DinoConfig(PreTrainedConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def feature_size(self) -> int:
+        """Width of the backbone feature the head reads: `hidden_size` (ViT [CLS]) or the last ResNet stage's
+        channels (the pooled feature, 2048 for ResNet-50)."""
+        return self.resnet_hidden_sizes[-1] if self.backbone == "resnet" else self.hidden_size
+
+    @property
+    def has_batch_norm(self) -> bool:
+        """Whether the networks hold BatchNorm layers (a ResNet, or `use_bn_in_head`): SyncBatchNorm across GPUs."""
+        return self.backbone == "resnet" or self.use_bn_in_head
+
+    def resnet_config(self) -> ResNetConfig:
+        """The transformers `ResNetConfig` of the ResNet backbone: torchvision's layout (stride on the 3x3
+        convolution, `downsample_in_bottleneck=False`; no stride in the first stage)."""
+        return ResNetConfig(
+            num_channels=self.num_channels,
+            embedding_size=self.resnet_embedding_size,
+            hidden_sizes=list(self.resnet_hidden_sizes),
+            depths=list(self.resnet_depths),
+            layer_type=self.resnet_layer_type,
+            hidden_act="relu",
+            downsample_in_first_stage=False,
+            downsample_in_bottleneck=False,
+        )
+
     @classmethod
     def from_preset(cls, name: str, patch_size: int = 16, **overrides: Any) -> DinoConfig:
         """Build the configuration of one of the paper's backbones.
 
         Args:
-            name: `"vit_tiny"`, `"vit_small"` or `"vit_base"`.
-            patch_size: 16 or 8 in the paper (any divisor of `image_size` works).
+            name: `"vit_tiny"`, `"vit_small"`, `"vit_base"` or `"resnet50"`.
+            patch_size: 16 or 8 in the paper (any divisor of `image_size` works; unused by the ResNet).
             **overrides: any other field, e.g. `out_dim=4096` or `drop_path_rate=0.0`.
         """
         if name not in _PRESETS:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -677,7 +677,7 @@ class DinoHead(nn.Module):
     @classmethod
     def from_config(cls, config: DinoConfig) -> DinoHead:
         return cls(
-            in_dim=config.hidden_size,
+            in_dim=config.feature_size,
             out_dim=config.out_dim,
             hidden_dim=config.head_hidden_dim,
             bottleneck_dim=config.head_bottleneck_dim,
@@ -888,20 +888,37 @@ class DinoCenter(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class DinoBackboneWithHead(nn.Module):
-    """A backbone and a head: `(N, C, H, W)` crops -> `(N, out_dim)` logits.
+def build_backbone(config: DinoConfig, drop_path_rate: float | None = None) -> DinoViTModel | ResNetModel:
+    """The backbone `config.backbone` names: a [`DinoViTModel`] (`drop_path_rate` overrides the config's), or
+    transformers' `ResNetModel` of `config.resnet_config()` (randomly initialised as torchvision's ResNet)."""
+    if config.backbone == "resnet":
+        return ResNetModel(config.resnet_config())
+    return DinoViTModel(config, drop_path_rate=drop_path_rate)
 
-    One backbone pass per resolution (`get_cls_features`: the last block for [CLS] only), then one head pass on all
-    the features.
+
+def backbone_features(backbone: DinoViTModel | ResNetModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The feature DINO trains and evaluates, `(B, feature_size)`: the ViT's final-LayerNorm [CLS] token, or the
+    ResNet's globally average-pooled last stage (the reference's torchvision ResNet with `fc` removed)."""
+    if isinstance(backbone, ResNetModel):
+        return backbone(pixel_values, return_dict=True).pooler_output.flatten(1)
+    return backbone.get_cls_features(pixel_values)
+
+
+class DinoBackboneWithHead(nn.Module):
+    """A backbone and a head: `(N, C, H, W)` crops -> `(N, out_dim)` logits (the reference's `MultiCropWrapper`).
+
+    One backbone pass per resolution ([`backbone_features`]; a ViT runs its last block for [CLS] only), then one head
+    pass on all the features. A ResNet's BatchNorm statistics are therefore those of each resolution group, as in
+    the reference.
     """
 
-    def __init__(self, backbone: DinoViTModel, head: DinoHead) -> None:
+    def __init__(self, backbone: DinoViTModel | ResNetModel, head: DinoHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
 
     def forward(self, *crops: torch.Tensor | None) -> torch.Tensor:
-        features = [self.backbone.get_cls_features(c) for c in crops if c is not None]
+        features = [backbone_features(self.backbone, c) for c in crops if c is not None]
         return self.head(torch.cat(features) if len(features) > 1 else features[0])
 
 
@@ -953,9 +970,9 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
 
     def __init__(self, config: DinoConfig) -> None:
         super().__init__(config)
-        self.student = DinoBackboneWithHead(DinoViTModel(config), DinoHead.from_config(config))
+        self.student = DinoBackboneWithHead(build_backbone(config), DinoHead.from_config(config))
         # The teacher never drops paths; it shares the config so attention settings apply to both networks.
-        self.teacher = DinoBackboneWithHead(DinoViTModel(config, drop_path_rate=0.0), DinoHead.from_config(config))
+        self.teacher = DinoBackboneWithHead(build_backbone(config, drop_path_rate=0.0), DinoHead.from_config(config))
         self.center = DinoCenter(config.out_dim, config.center_momentum)
         self.loss_fn = DinoLoss(config.student_temp)
         self.post_init()
@@ -1071,11 +1088,16 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         torch._foreach_mul_(teacher_params, keep)
         torch._foreach_add_(teacher_params, torch._foreach_mul(student_params, take))
 
-    def export_teacher_backbone(self) -> DinoViTModel:
-        """The teacher backbone as a standalone [`DinoViTModel`] (what DINO releases), on the CPU in float32."""
-        config = copy.deepcopy(self.config)
-        config.architectures = ["DinoViTModel"]
-        backbone = DinoViTModel(config)
+    def export_teacher_backbone(self) -> DinoViTModel | ResNetModel:
+        """The teacher backbone as a standalone model (what DINO releases), on the CPU in float32: a
+        [`DinoViTModel`], or for `backbone="resnet"` transformers' `ResNetModel` (BatchNorm running statistics
+        included)."""
+        if self.config.backbone == "resnet":
+            backbone = ResNetModel(self.config.resnet_config())
+        else:
+            config = copy.deepcopy(self.config)
+            config.architectures = ["DinoViTModel"]
+            backbone = DinoViTModel(config)
         state = {k: v.detach().to("cpu", torch.float32) for k, v in self.teacher.backbone.state_dict().items()}
         backbone.load_state_dict(state)
         return backbone.eval()
@@ -1258,6 +1280,8 @@ class DinoForImageClassification(DinoPreTrainedModel):
 
 
 __all__ = [
+    "backbone_features",
+    "build_backbone",
     "DinoBackboneWithHead",
     "DinoCenter",
     "DinoForImageClassification",
