@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file
-from transformers import ViTConfig, ViTModel
+from transformers import ResNetModel, ViTConfig, ViTModel
 from transformers.initialization import no_init_weights
 from transformers.utils import logging
 
@@ -146,6 +146,98 @@ def convert_reference_backbone_state_dict(state_dict: Mapping[str, torch.Tensor]
     return converted
 
 
+# torchvision's ResNet names (the reference's convnets) <-> transformers' ResNetModel names, as (pattern, replacement).
+_TORCHVISION_TO_RESNET = [
+    (r"^conv1\.", "embedder.embedder.convolution."),
+    (r"^bn1\.", "embedder.embedder.normalization."),
+    (r"^layer(\d+)\.(\d+)\.downsample\.0\.", "encoder.stages.{stage}.layers.\\2.shortcut.convolution."),
+    (r"^layer(\d+)\.(\d+)\.downsample\.1\.", "encoder.stages.{stage}.layers.\\2.shortcut.normalization."),
+    (r"^layer(\d+)\.(\d+)\.conv(\d+)\.", "encoder.stages.{stage}.layers.\\2.layer.{conv}.convolution."),
+    (r"^layer(\d+)\.(\d+)\.bn(\d+)\.", "encoder.stages.{stage}.layers.\\2.layer.{conv}.normalization."),
+]
+_RESNET_TO_TORCHVISION = [
+    (r"^embedder\.embedder\.convolution\.", "conv1."),
+    (r"^embedder\.embedder\.normalization\.", "bn1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.", "layer{stage}.\\2.downsample.0."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.", "layer{stage}.\\2.downsample.1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.", "layer{stage}.\\2.conv{conv}."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.", "layer{stage}.\\2.bn{conv}."),
+]
+
+
+def _rename_resnet(key: str, rules: list[tuple[str, str]], offset: int) -> str | None:
+    """Rename one key; stage and convolution indices shift by `offset` (torchvision counts from 1)."""
+    for pattern, replacement in rules:
+        match = re.match(pattern, key)
+        if match:
+            groups = match.groups()
+            stage = int(groups[0]) + offset if groups else 0
+            conv = int(groups[2]) + offset if len(groups) > 2 else 0
+            return re.sub(pattern, replacement.format(stage=stage, conv=conv), key)
+    return None
+
+
+def is_torchvision_resnet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a backbone state dict (DDP/`backbone.` prefixes allowed) is a torchvision-layout ResNet."""
+    keys = _strip_prefixes(state_dict)
+    return "conv1.weight" in keys and "layer1.0.conv1.weight" in keys
+
+
+def convert_torchvision_resnet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision-layout ResNet state dict (`dino_resnet50_pretrain.pth`: `conv1`, `bn1`, `layerN.M.*`, optional
+    `module.`/`backbone.` prefixes) -> transformers `ResNetModel` names. The classifier `fc.*` (absent from the
+    released backbone, whose `fc` the reference replaced by an identity) and `head.*` are left out, as the reference's
+    own loaders do; any other unknown key raises a `ValueError`."""
+    converted, unknown = {}, []
+    for key, value in _strip_prefixes(state_dict).items():
+        if key.startswith(("head.", "fc.")):
+            continue
+        new_key = _rename_resnet(key, _TORCHVISION_TO_RESNET, offset=-1)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = value
+    if unknown:
+        raise ValueError(f"Keys not in torchvision's ResNet layout: {_list_keys(unknown)}.")
+    return converted
+
+
+def resnet_state_dict_to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The other direction: transformers `ResNetModel` names -> torchvision's (the reference's backbone layout, loadable
+    by `torchvision.models.resnet50()` with `strict=False` for the missing `fc`)."""
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        new_key = _rename_resnet(key, _RESNET_TO_TORCHVISION, offset=1)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = value
+    if unknown:
+        raise ValueError(f"Keys not in transformers' ResNetModel layout: {_list_keys(unknown)}.")
+    return converted
+
+
+def infer_resnet_config_fields(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """[`DinoConfig`] fields of a ResNet backbone read off a torchvision-layout state dict (stem width, stage widths
+    and depths, bottleneck or basic blocks)."""
+    keys = _strip_prefixes(state_dict)
+    bottleneck = "layer1.0.conv3.weight" in keys
+    last_conv = "conv3" if bottleneck else "conv2"
+    hidden_sizes, depths = [], []
+    while f"layer{len(depths) + 1}.0.conv1.weight" in keys:
+        stage = len(depths) + 1
+        hidden_sizes.append(keys[f"layer{stage}.0.{last_conv}.weight"].shape[0])
+        depths.append(1 + max(int(m.group(1)) for k in keys if (m := re.match(rf"^layer{stage}\.(\d+)\.", k))))
+    return dict(
+        backbone="resnet",
+        num_channels=keys["conv1.weight"].shape[1],
+        resnet_embedding_size=keys["conv1.weight"].shape[0],
+        resnet_hidden_sizes=hidden_sizes,
+        resnet_depths=depths,
+        resnet_layer_type="bottleneck" if bottleneck else "basic",
+    )
+
+
 def convert_reference_network_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a reference `student` or `teacher` state dict (backbone + head) to `DinoBackboneWithHead` names."""
     backbone, converted, unknown = {}, {}, []
@@ -164,7 +256,12 @@ def convert_reference_network_state_dict(state_dict: Mapping[str, torch.Tensor])
             unknown.append(key)
     if unknown:
         raise ValueError(f"Keys not in the reference DINO layout: {_list_keys(unknown)}")
-    for key, value in convert_reference_backbone_state_dict(backbone).items():
+    convert = (
+        convert_torchvision_resnet_state_dict
+        if is_torchvision_resnet_state_dict(backbone)
+        else convert_reference_backbone_state_dict
+    )
+    for key, value in convert(backbone).items():
         converted[f"backbone.{key}"] = value
     return converted
 
@@ -373,7 +470,11 @@ def _load_strictly(module: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
 
 def _backbone_from_reference_layout(
     state_dict: Mapping[str, torch.Tensor], config: DinoConfig | None, source: str
-) -> DinoViTModel:
+) -> DinoViTModel | ResNetModel:
+    if is_torchvision_resnet_state_dict(state_dict):
+        config = config or DinoConfig(**infer_resnet_config_fields(state_dict))
+        converted = convert_torchvision_resnet_state_dict(state_dict)
+        return _build_and_load(ResNetModel, config.resnet_config(), converted, source).eval()
     converted = convert_reference_backbone_state_dict(state_dict)
     if config is None:
         # Released backbones are used frozen; fine-tuning users set drop_path_rate themselves.
@@ -402,7 +503,9 @@ def _self_distillation_from_reference(
     scales = [v for k, v in converted.items() if k.endswith("last_layer.weight_g")]
     scales_are_one = all(bool((g == 1).all()) for g in scales)
     if config is None:
-        fields = infer_backbone_config_fields(_strip_prefixes(student))
+        stripped = _strip_prefixes(student)
+        is_resnet = is_torchvision_resnet_state_dict(stripped)
+        fields = (infer_resnet_config_fields if is_resnet else infer_backbone_config_fields)(stripped)
         head = {k[len("student.head.") :]: v for k, v in converted.items() if k.startswith("student.head.")}
         fields.update(infer_head_config_fields(head))
         # The reference's own settings win; without them a weight-norm scale still at 1 means it was frozen.
