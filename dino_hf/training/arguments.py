@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .optimization import OPTIMIZERS
+
 
 def _help(text: str, **kwargs) -> dict:
     return {"metadata": {"help": text}, **kwargs}
@@ -16,7 +18,7 @@ def _help(text: str, **kwargs) -> dict:
 
 @dataclass
 class DinoModelArguments:
-    arch: str = field(default="vit_small", **_help("Backbone preset: vit_tiny, vit_small or vit_base."))
+    arch: str = field(default="vit_small", **_help("Backbone preset: vit_tiny, vit_small, vit_base or resnet50."))
     patch_size: int = field(default=16, **_help("Patch size in pixels (16 or 8 in the paper)."))
     out_dim: int = field(default=65536, **_help("Number of prototypes K of the DINO head."))
     norm_last_layer: bool = field(
@@ -32,7 +34,8 @@ class DinoModelArguments:
         default=None,
         **_help(
             "Comma-separated DinoConfig overrides applied after the preset, e.g. "
-            "'hidden_size=128,num_hidden_layers=4,num_attention_heads=4,head_hidden_dim=512'."
+            "'hidden_size=128,num_hidden_layers=4,num_attention_heads=4,head_hidden_dim=512'; lists in brackets, "
+            "e.g. 'resnet_depths=[1,1,1,1]'."
         ),
     )
     model_name_or_path: str | None = field(
@@ -156,6 +159,10 @@ class DinoTrainingArguments:
     teacher_temp: float = field(default=0.07, **_help("Teacher temperature after the warm-up."))
     warmup_teacher_temp: float = field(default=0.04, **_help("Initial teacher temperature."))
     warmup_teacher_temp_epochs: int = field(default=30, **_help("Epochs of linear teacher-temperature warm-up."))
+    optimizer: str = field(
+        default="adamw",
+        **_help("adamw (the ViTs), sgd (momentum 0.9, the ResNet-50 recipe) or lars (convnets, large batches)."),
+    )
     clip_grad: float = field(default=3.0, **_help("Maximum gradient norm (0 disables clipping)."))
     clip_grad_mode: str = field(
         default="per_parameter",
@@ -192,6 +199,8 @@ class DinoTrainingArguments:
     progress_bar: bool = field(default=True, **_help("Show a tqdm progress bar."))
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
         if self.clip_grad_mode not in ("per_parameter", "global"):
             raise ValueError(f"--clip_grad_mode must be per_parameter or global, got {self.clip_grad_mode!r}.")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):

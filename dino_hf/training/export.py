@@ -41,16 +41,18 @@ def export_pretrained(
     target.mkdir(parents=True, exist_ok=True)
     backbone = model.export_teacher_backbone()
     backbone.save_pretrained(target)
-    image_size = backbone.config.image_size
+    image_size = model.config.image_size  # the global crop size the run trained at (the ViT's position grid)
     normalisation = {"mean": tuple(crop_config.mean), "std": tuple(crop_config.std)} if crop_config else {}
     processor = dino_image_processor(image_size=image_size, **normalisation)
     processor.save_pretrained(target)
-    if export_vit_model:
+    if export_vit_model and model.config.backbone != "vit":
+        logger.warning("--export_vit_model: a ResNet backbone is exported as transformers' ResNetModel already.")
+    elif export_vit_model:
         from ..conversion import to_vit_model
 
         to_vit_model(backbone).save_pretrained(target / "vit")
         processor.save_pretrained(target / "vit")
-    (target / "README.md").write_text(model_card(backbone.config, training_summary or {}))
+    (target / "README.md").write_text(model_card(model.config, training_summary or {}))
     if training_summary:
         (target / "training_summary.json").write_text(json.dumps(training_summary, indent=2, default=str))
     logger.info("Exported the teacher backbone to %s", target)
@@ -75,19 +77,7 @@ tags:
 - dino_hf
 ---
 
-# DINO {arch}/{config.patch_size} (teacher backbone)
-
-A Vision Transformer pretrained with DINO (self-distillation with no labels, Caron et al. 2021) using
-[dino_hf](https://github.com/dino-hf/dino_hf). The feature is the final-LayerNorm [CLS] token (`pooler_output`).
-
-## Architecture
-
-| | |
-|---|---|
-| width / depth / heads | {config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads} |
-| patch size | {config.patch_size} |
-| image size (position embeddings) | {config.image_size} (other sizes divisible by the patch are interpolated) |
-| DINO head prototypes (training only) | {config.out_dim} |
+{_architecture_section(config, arch)}| DINO head prototypes (training only) | {config.out_dim} |
 
 ## Training
 
@@ -120,6 +110,37 @@ with torch.no_grad():
 ```
 
 Or as a pipeline: `pipeline("image-feature-extraction", model="{repo}", trust_remote_code=True)`.
+"""
+
+
+def _architecture_section(config: DinoConfig, arch: str) -> str:
+    """Title, description and the backbone rows of the architecture table, for a ViT or a ResNet."""
+    if config.backbone == "resnet":
+        return f"""# DINO {arch} (teacher backbone)
+
+A ResNet (transformers' `ResNetModel`) pretrained with DINO (self-distillation with no labels, Caron et al. 2021)
+using [dino_hf](https://github.com/dino-hf/dino_hf). The feature is the globally average-pooled last stage
+(`pooler_output.flatten(1)`, {config.feature_size} channels).
+
+## Architecture
+
+| | |
+|---|---|
+| stem / stage widths / depths | {config.resnet_embedding_size} / {config.resnet_hidden_sizes} / {config.resnet_depths} |
+| block | {config.resnet_layer_type} (stride on the 3x3 convolution, as torchvision) |
+"""
+    return f"""# DINO {arch}/{config.patch_size} (teacher backbone)
+
+A Vision Transformer pretrained with DINO (self-distillation with no labels, Caron et al. 2021) using
+[dino_hf](https://github.com/dino-hf/dino_hf). The feature is the final-LayerNorm [CLS] token (`pooler_output`).
+
+## Architecture
+
+| | |
+|---|---|
+| width / depth / heads | {config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads} |
+| patch size | {config.patch_size} |
+| image size (position embeddings) | {config.image_size} (other sizes divisible by the patch are interpolated) |
 """
 
 

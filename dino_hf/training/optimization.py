@@ -28,19 +28,76 @@ def parameter_groups(model: nn.Module) -> list[dict]:
     return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
 
 
-def create_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups(model)`.
+OPTIMIZERS = ("adamw", "sgd", "lars")
 
-    Fused kernels by default on CUDA and on the CPU (`fused=None`): one launch for all parameters, the step counters on
-    the device (the foreach implementation reads them on the host every step, a synchronisation on a GPU), and on
-    the CPU 6x faster than foreach for ViT-S (36 vs 228 ms per step, 1 thread, `docs/performance.md`). Foreach on
-    other devices.
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling with momentum, as the reference's `utils.LARS` (for convnets and large batches).
+
+    For a parameter `p` with gradient `g` (1-D parameters, i.e. biases and norm weights, skip both the weight decay
+    and the adaptation): `d = g + weight_decay * p`; `q = eta * ||p|| / ||d||` when both norms are positive, else 1;
+    `mu <- momentum * mu + q * d`; `p <- p - lr * mu`. No host synchronisation (`torch.where` on the device).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf.training.optimization import LARS
+    >>> weight = torch.nn.Parameter(torch.ones(2, 2))
+    >>> weight.grad = torch.full((2, 2), 0.5)
+    >>> LARS([weight], lr=0.1, eta=0.001).step()
+    >>> weight.detach()[0, 0].item()  # 1 - 0.1 * (0.001 * 2 / 1) * 0.5
+    0.9999000430107117
+    ```
     """
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                update = param.grad
+                if param.ndim != 1:
+                    update = update.add(param, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.norm(param), torch.norm(update)
+                    one = torch.ones_like(param_norm)
+                    ratio = torch.where(update_norm > 0, group["eta"] * param_norm / update_norm, one)
+                    update = update.mul(torch.where(param_norm > 0.0, ratio, one))
+                state = self.state[param]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(param)
+                state["mu"].mul_(group["momentum"]).add_(update)
+                param.add_(state["mu"], alpha=-group["lr"])
+        return loss
+
+
+def create_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, fused: bool | None = None, optimizer: str = "adamw"
+) -> torch.optim.Optimizer:
+    """The reference's optimizers over `parameter_groups(model)`: AdamW (ViTs), SGD with momentum 0.9 (the ResNet-50
+    recipe) or [`LARS`] (convnets with large batches).
+
+    AdamW and SGD use fused kernels by default on CUDA and on the CPU (`fused=None`): one launch for all parameters, the
+    step counters on the device (the foreach implementation reads them on the host every step, a synchronisation on a
+    GPU), and on the CPU 6x faster than foreach for ViT-S (36 vs 228 ms per step, 1 thread, `docs/performance.md`).
+    Foreach on other devices.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
+    groups = parameter_groups(model)
+    groups[0]["weight_decay"] = weight_decay
+    if optimizer == "lars":
+        return LARS(groups, lr=lr)
     if fused is None:
         fused = all(p.device.type in ("cuda", "cpu") for p in model.parameters())
     kwargs = {"fused": True} if fused else {"foreach": True}
-    groups = parameter_groups(model)
-    groups[0]["weight_decay"] = weight_decay
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, **kwargs)
     return torch.optim.AdamW(groups, lr=lr, **kwargs)
 
 

@@ -212,8 +212,10 @@ RECIPES: dict[str, Recipe] = {
             "resnet50",
             "ResNet-50, 100 epochs, SGD (the README's convnet command)",
             {
+                **_MAIN_DINO,
                 "arch": "resnet50",
                 "optimizer": "sgd",
+                "lr": 0.03,
                 "weight_decay": 1e-4,
                 "weight_decay_end": 1e-4,
                 "global_crops_scale": [0.14, 1.0],
@@ -224,8 +226,6 @@ RECIPES: dict[str, Recipe] = {
             expected_linear=75.3,
             hardware="1 node x 8 GPUs (time not reported)",
             source=f"{_README}, 'ResNet-50 and other convnets trainings'; released model's accuracy",
-            unavailable="needs the ResNet-50 backbone and the SGD optimizer, which dino_hf does not have yet "
-            "(issue 12)",
         ),
     )
 }
@@ -236,7 +236,7 @@ def recipe_defaults(name: str) -> dict:
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
-        NotImplementedError: for a published run this package cannot train yet (ResNet-50).
+        NotImplementedError: for a published run this package cannot train yet (none at present).
     """
     if name == "demo":
         return dict(DEMO_RECIPE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -76,7 +77,7 @@ def build_model_config(model_args: DinoModelArguments, data_args: DinoDataArgume
         "use_bn_in_head": model_args.use_bn_in_head,
         "drop_path_rate": model_args.drop_path_rate,
     }
-    for item in filter(None, (model_args.config_overrides or "").split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", model_args.config_overrides or "")):  # not in [...]
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in DinoConfig.__dataclass_fields__:
@@ -86,6 +87,8 @@ def build_model_config(model_args: DinoModelArguments, data_args: DinoDataArgume
 
 
 def _parse_scalar(value: str) -> Any:
+    if value.startswith("["):
+        return json.loads(value)
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     for cast in (int, float):
@@ -188,13 +191,13 @@ def pretrain(
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
-    if model.config.use_bn_in_head and world_size > 1:
+    if model.config.has_batch_norm and world_size > 1:
         if accelerator.device.type in ("cuda", "xpu"):
-            # As the reference: head BatchNorm statistics over the global batch, not each process's share.
+            # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's share.
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
-            logger.warning("SyncBatchNorm needs GPUs: the head's BatchNorm uses per-process batch statistics here.")
-    optimizer = create_optimizer(model.student, lr=schedules.lr, weight_decay=schedules.weight_decay)
+            logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
+    optimizer = create_optimizer(model.student, schedules.lr, schedules.weight_decay, optimizer=training_args.optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     dino: DinoForSelfDistillation = accelerator.unwrap_model(model)
     if model_args.torch_compile:

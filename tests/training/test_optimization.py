@@ -80,3 +80,39 @@ def test_frozen_last_layer_is_not_updated():
     optimizer.step()
     assert torch.equal(model.student.head.last_layer.weight_v, before)
     assert not torch.equal(model.student.head.mlp[0].weight, other)
+
+
+def test_lars_update_matches_its_definition():
+    from dino_hf.training.optimization import LARS
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.nn.Parameter(torch.randn(4, 3, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))
+    optimizer = LARS([{"params": [weight], "weight_decay": 0.1}, {"params": [bias], "weight_decay": 0.0}], lr=0.5)
+    w0, b0, mu_w, mu_b = weight.detach().clone(), bias.detach().clone(), torch.zeros(4, 3), torch.zeros(4)
+    for _ in range(2):
+        gw, gb = torch.randn(4, 3, generator=g), torch.randn(4, generator=g)
+        weight.grad, bias.grad = gw.clone(), gb.clone()
+        optimizer.step()
+        d = gw + 0.1 * w0
+        mu_w = 0.9 * mu_w + (0.001 * w0.norm() / d.norm()) * d  # trust ratio eta * ||p|| / ||g + wd p||
+        mu_b = 0.9 * mu_b + gb  # 1-D: no weight decay, no adaptation
+        w0, b0 = w0 - 0.5 * mu_w, b0 - 0.5 * mu_b
+        torch.testing.assert_close(weight.detach(), w0)
+        torch.testing.assert_close(bias.detach(), b0)
+    # ||p|| = 0 (or a zero update): the ratio is 1, the step is the plain gradient.
+    zero = torch.nn.Parameter(torch.zeros(2, 2))
+    zero.grad = torch.ones(2, 2)
+    LARS([zero], lr=0.5, weight_decay=0.1).step()
+    torch.testing.assert_close(zero.detach(), torch.full((2, 2), -0.5))
+
+
+def test_create_optimizer_choices():
+    from dino_hf.training.optimization import LARS, create_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    sgd = create_optimizer(model, lr=0.03, weight_decay=1e-4, optimizer="sgd")
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+    assert [g["weight_decay"] for g in sgd.param_groups] == [1e-4, 0.0]
+    assert isinstance(create_optimizer(model, lr=0.1, weight_decay=0.0, optimizer="lars"), LARS)
+    with pytest.raises(ValueError, match="Unknown optimizer"):
+        create_optimizer(model, lr=0.1, weight_decay=0.0, optimizer="adam")

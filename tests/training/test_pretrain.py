@@ -253,3 +253,28 @@ def test_gradient_accumulation_and_three_global_crops_in_a_run(tmp_path, embedde
     assert result.global_step == 2 and len(losses(result.history)) == 2
     assert all(math.isfinite(v) for v in losses(result.history))
     assert result.history[-1]["epoch"] == pytest.approx(1 / 5)
+
+
+def test_resnet50_recipe_trains_two_steps_and_exports_a_resnet(tmp_path, embedded_cache):
+    from transformers import ResNetModel
+
+    args = tiny_run(
+        tmp_path / "run",
+        embedded_cache,
+        model={
+            "arch": "resnet50",
+            "config_overrides": "resnet_embedding_size=8,resnet_hidden_sizes=[16,32,32,64],resnet_depths=[1,1,1,1],"
+            "head_hidden_dim=32,head_bottleneck_dim=16",
+        },
+        data={"global_crops_scale": [0.14, 1.0], "local_crops_scale": [0.05, 0.14]},
+        training={"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "weight_decay_end": 1e-4, "max_steps": 2},
+    )
+    result = pretrain(*args)
+    assert result.global_step == 2 and all(math.isfinite(v) for v in losses(result.history))
+    assert result.model.config.backbone == "resnet" and result.model.config.resnet_depths == [1, 1, 1, 1]
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = result.model.teacher.backbone.eval()(pixels).pooler_output
+        for loaded in (ResNetModel.from_pretrained(result.export_dir), AutoModel.from_pretrained(result.export_dir)):
+            assert type(loaded) is ResNetModel
+            torch.testing.assert_close(loaded.eval()(pixels).pooler_output, expected)

@@ -61,11 +61,19 @@ def test_flags_and_config_override_the_recipe(tmp_path):
     assert _parse(["--output_dir", str(tmp_path)])["teacher_temp"] == 0.07
 
 
-def test_unknown_and_unavailable_recipes_refuse_clearly():
+def test_unknown_recipes_refuse_clearly():
     with pytest.raises(ValueError, match="Unknown recipe 'vits32'.*vits16-100ep"):
         recipe_defaults("vits32")
-    with pytest.raises(NotImplementedError, match="ResNet-50 backbone.*issue 12"):
-        _parse(["--recipe", "resnet50"])
+
+
+def test_resnet50_recipe_is_the_readme_command():
+    # main_dino.py --arch resnet50 --optimizer sgd --lr 0.03 --weight_decay 1e-4 --weight_decay_end 1e-4
+    # --global_crops_scale 0.14 1 --local_crops_scale 0.05 0.14
+    flags = recipe_defaults("resnet50")
+    assert (flags["arch"], flags["optimizer"], flags["lr"]) == ("resnet50", "sgd", 0.03)
+    assert flags["weight_decay"] == flags["weight_decay_end"] == 1e-4
+    assert (flags["global_crops_scale"], flags["local_crops_scale"]) == ([0.14, 1.0], [0.05, 0.14])
+    assert (flags["local_crops_number"], flags["teacher_temp"], flags["out_dim"]) == (8, 0.04, 65536)
 
 
 def test_docs_table_lists_every_recipe_with_its_accuracy():
