@@ -120,15 +120,34 @@ def resolve_model_id(name_or_path: str | os.PathLike) -> str | os.PathLike:
     model = released_model(name_or_path)
     if model is None:
         return name_or_path
+    if model.hub_id is None and model.name in OFFICIAL_ONLY_LOADABLE:
+        return name_or_path  # loaded from its official URL by load_foreign_pretrained
     if model.hub_id is None:
         raise ValueError(
-            f"{name_or_path!r} ({model.arch}) has no Hub repository and dino_hf implements only the DINO ViTs, so it "
+            f"{name_or_path!r} ({model.arch}) has no Hub repository and dino_hf implements only the DINO ViTs and ResNet-50, so it "
             f"cannot be loaded here: its weights are at {model.backbone_url} (full checkpoint: "
             f"{model.full_checkpoint_url}); use torch.hub.load('facebookresearch/dino:main', "
             f"'{model.name.replace('-', '_')}'). ViT checkpoints of the reference convert with "
             "dino_hf.conversion.from_official_checkpoint."
         )
     return model.hub_id
+
+
+# Released models that are not on the Hub but load from their official files (torchvision-layout ResNet-50).
+OFFICIAL_ONLY_LOADABLE = ("dino-resnet50",)
+
+
+def load_official_release(cls: type, name: str) -> Any | None:
+    """A released model that only exists as official files (ResNet-50), downloaded once and converted: as
+    [`DinoForSelfDistillation`] its full checkpoint (to continue pretraining), otherwise its backbone, transformers'
+    `ResNetModel`. `None` for any other name."""
+    model = released_model(name) if isinstance(name, str) and not os.path.exists(name) else None
+    if model is None or model.name not in OFFICIAL_ONLY_LOADABLE:
+        return None
+    from .conversion import from_official_checkpoint
+
+    url = model.full_checkpoint_url if cls is DinoForSelfDistillation else model.backbone_url
+    return from_official_checkpoint(url)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,6 +189,9 @@ def load_foreign_pretrained(
     """
     if cls not in (DinoViTModel, DinoForSelfDistillation):
         return None
+    released = load_official_release(cls, name_or_path)
+    if released is not None:
+        return _with_loading_info(released, kwargs)
     model_type, architectures = _source_config(name_or_path, kwargs)
     is_training_folder = model_type == DinoConfig.model_type and "DinoForSelfDistillation" in architectures
     if cls is DinoViTModel and model_type == "vit":

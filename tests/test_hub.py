@@ -90,7 +90,7 @@ def test_released_names_resolve_and_models_without_a_hub_repository_say_where_th
     assert {m.hub_id for m in RELEASED_MODELS.values()} - {None} == {
         f"facebook/dino-vit{a}" for a in ["s16", "s8", "b16", "b8"]
     }
-    for name in ("dino_resnet50", "dino_xcit_small_12_p16", "dino-xcit-medium-24-p8"):
+    for name in ("dino_xcit_small_12_p16", "dino-xcit-medium-24-p8"):
         url = released_model(name).backbone_url
         with pytest.raises(ValueError, match=f"no Hub repository.*{url}.*from_official_checkpoint"):
             DinoViTModel.from_pretrained(name)
@@ -161,3 +161,25 @@ def test_a_load_that_leaves_weights_random_raises_unless_allowed(tmp_path, caplo
     _, complete = saved_run(tmp_path / "complete")
     with pytest.raises(MissingWeightsError, match=r"student\.head\.mlp\.0\.weight"):
         DinoForSelfDistillation.from_pretrained(complete, head_hidden_dim=96, ignore_mismatched_sizes=True)
+
+
+def test_dino_resnet50_loads_from_its_official_files(tmp_path, monkeypatch):
+    from test_resnet import full_checkpoint, torchvision_resnet_state
+    from transformers import ResNetModel
+
+    import dino_hf.conversion
+
+    files = {"dino_resnet50_pretrain.pth": torchvision_resnet_state(0), "full.pth": full_checkpoint()}
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+    downloads = []
+
+    def fake_download(url):
+        downloads.append(url)
+        return tmp_path / ("full.pth" if url.endswith("full_checkpoint.pth") else "dino_resnet50_pretrain.pth")
+
+    monkeypatch.setattr(dino_hf.conversion, "download_checkpoint", fake_download)
+    backbone = DinoViTModel.from_pretrained("dino_resnet50")
+    assert isinstance(backbone, ResNetModel) and downloads == [released_model("dino-resnet50").backbone_url]
+    run = DinoForSelfDistillation.from_pretrained("dino-resnet50")
+    assert run.config.backbone == "resnet" and downloads[-1].endswith("dino_resnet50_pretrain_full_checkpoint.pth")

@@ -1,5 +1,6 @@
 """Parameter groups, clipping and the frozen last layer, each against its definition."""
 
+import pytest
 import torch
 from conftest import tiny_config
 from torch import nn
