@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedConfig
+from transformers import PreTrainedConfig, ResNetModel
 
 from .configuration_dino import DinoConfig
 from .modeling_dino import DinoForSelfDistillation, DinoViTModel, MissingWeightsError
@@ -194,6 +194,9 @@ def load_foreign_pretrained(
         return _with_loading_info(released, kwargs)
     model_type, architectures = _source_config(name_or_path, kwargs)
     is_training_folder = model_type == DinoConfig.model_type and "DinoForSelfDistillation" in architectures
+    if cls is DinoViTModel and model_type == "resnet":  # an exported ResNet backbone: transformers' own class
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in _VIT_LOAD_KWARGS}
+        return _with_loading_info(ResNetModel.from_pretrained(name_or_path, **hub_kwargs), kwargs)
     if cls is DinoViTModel and model_type == "vit":
         return _with_loading_info(_backbone_from_vit(name_or_path, dict(kwargs)), kwargs)
     if cls is DinoViTModel and is_training_folder:

@@ -207,3 +207,33 @@ def test_resnet50_preset_is_torchvision_resnet50():
     assert backbone.config.downsample_in_bottleneck is False and model.student.head.mlp[0].in_features == 2048
     stage = backbone.encoder.stages[1].layers[0]
     assert stage.layer[1].convolution.stride == (2, 2) and stage.layer[0].convolution.stride == (1, 1)
+
+
+def test_resnet_export_features_for_knn_linear_and_the_pipeline(tmp_path):
+    from transformers import pipeline
+
+    from dino_hf.evaluation import extract_features, load_backbone, save_model_with_processor
+    from dino_hf.evaluation.linear import LinearProbeConfig, extract_linear_features
+
+    state = torchvision_resnet_state(9)
+    folder = save_model_with_processor(from_official_checkpoint(state), tmp_path / "rn", _processor(32))
+    model = load_backbone(folder)
+    assert isinstance(model, ResNetModel)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    expected = torchvision_forward(state, x, training=False)
+    out = extract_features(model, [(x, torch.tensor([0, 1, 0, 1]))], progress=False)
+    torch.testing.assert_close(out["features"], expected, atol=1e-5, rtol=0)
+    assert LinearProbeConfig.for_backbone(model.config).feature_dim(WIDTHS[-1]) == WIDTHS[-1]
+    with pytest.raises(ValueError, match="pooled last stage"):
+        extract_linear_features(model, x, n_last_blocks=4)
+    image = (torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(11)) * 255).to(torch.uint8).numpy()
+    from PIL import Image
+
+    feature = pipeline("image-feature-extraction", model=str(folder))(Image.fromarray(image), pool=True, return_tensors=True)
+    assert feature.flatten(1).shape == (1, WIDTHS[-1])
+
+
+def _processor(size):
+    from dino_hf.evaluation import dino_image_processor
+
+    return dino_image_processor(image_size=size)

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers import ResNetModel
 
 from ..configuration_dino import DinoConfig
-from ..modeling_dino import DinoViTModel
+from ..modeling_dino import DinoViTModel, backbone_features
 from .metrics import top_k_accuracies
 
 
@@ -72,7 +73,9 @@ class LinearProbeConfig:
     def for_backbone(cls, config: DinoConfig, **overrides: Any) -> LinearProbeConfig:
         """The paper's feature choice for a backbone, as its config states it (`DinoConfig.n_last_blocks`,
         `avgpool_patchtokens`, defaulting by width: ViT-B and wider [CLS] + pooled patches, smaller ones 4 x [CLS],
-        or all blocks' [CLS] for backbones shallower than 4 blocks)."""
+        or all blocks' [CLS] for backbones shallower than 4 blocks); a ResNet has one feature, its pooled last stage."""
+        if config.model_type == "resnet" or getattr(config, "backbone", "vit") == "resnet":
+            return cls(**{"n_last_blocks": 1, "avgpool_patchtokens": False, **overrides})
         layout = {"n_last_blocks": config.n_last_blocks, "avgpool_patchtokens": config.avgpool_patchtokens}
         return cls(**{**layout, **overrides})
 
@@ -123,7 +126,14 @@ def extract_linear_features(
     does (`[cls_0, avg_0, cls_1, avg_1, ...]`), so its released ViT-B linear weights apply. Returns
     `(B, D * (n_last_blocks + avgpool_patchtokens))`; with `n_last_blocks=1` and no pooling this is the DINO feature,
     `model(pixel_values).pooler_output`. Gradients flow unless the caller disables them.
+
+    A ResNet backbone (transformers' `ResNetModel`) has one linear-evaluation feature, as in the reference: its pooled
+    last stage (`n_last_blocks=1`, no `avgpool_patchtokens`).
     """
+    if isinstance(model, ResNetModel):
+        if n_last_blocks != 1 or avgpool_patchtokens:
+            raise ValueError("A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False.")
+        return backbone_features(model, pixel_values)
     return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
 
 
@@ -279,7 +289,8 @@ def train_linear_probe(
         )
     accelerator = accelerator or Accelerator()
     model = model.to(accelerator.device).eval().requires_grad_(False)
-    classifier = LinearClassifier(config.feature_dim(model.config.hidden_size), num_labels)
+    width = model.config.hidden_sizes[-1] if isinstance(model, ResNetModel) else model.config.hidden_size
+    classifier = LinearClassifier(config.feature_dim(width), num_labels)
 
     first, epoch_batches = _first_and_rest(_epoch_iterable(train_batches, 0, accelerator))
     if global_batch_size is None:
