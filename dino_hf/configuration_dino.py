@@ -235,6 +235,21 @@ class DinoConfig(PreTrainedConfig):
         )
 
     @classmethod
+    def from_resnet_config(cls, resnet_config: ResNetConfig, **overrides: Any) -> DinoConfig:
+        """The DINO configuration of a transformers `ResNetConfig` backbone (torchvision layout only)."""
+        if resnet_config.downsample_in_bottleneck or resnet_config.downsample_in_first_stage:
+            raise ValueError("Only torchvision-layout ResNets (stride on the 3x3 convolution, none in stage 1) train.")
+        return cls(
+            backbone="resnet",
+            num_channels=resnet_config.num_channels,
+            resnet_embedding_size=resnet_config.embedding_size,
+            resnet_hidden_sizes=list(resnet_config.hidden_sizes),
+            resnet_depths=list(resnet_config.depths),
+            resnet_layer_type=resnet_config.layer_type,
+            **overrides,
+        )
+
+    @classmethod
     def from_preset(cls, name: str, patch_size: int = 16, **overrides: Any) -> DinoConfig:
         """Build the configuration of one of the paper's backbones.
 

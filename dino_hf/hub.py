@@ -137,12 +137,18 @@ def resolve_model_id(name_or_path: str | os.PathLike) -> str | os.PathLike:
 OFFICIAL_ONLY_LOADABLE = ("dino-resnet50",)
 
 
-def load_official_release(cls: type, name: str) -> Any | None:
-    """A released model that only exists as official files (ResNet-50), downloaded once and converted: as
-    [`DinoForSelfDistillation`] its full checkpoint (to continue pretraining), otherwise its backbone, transformers'
-    `ResNetModel`. `None` for any other name."""
+def official_only_release(name: Any) -> ReleasedModel | None:
+    """The released model `name` refers to when it loads from official files only (ResNet-50), else `None`."""
     model = released_model(name) if isinstance(name, str) and not os.path.exists(name) else None
-    if model is None or model.name not in OFFICIAL_ONLY_LOADABLE:
+    return model if model is not None and model.name in OFFICIAL_ONLY_LOADABLE else None
+
+
+def load_official_release(cls: type, name: Any) -> Any | None:
+    """A released model that only exists as official files (ResNet-50), downloaded once and converted: as
+    [`DinoForSelfDistillation`] its full checkpoint (student, teacher, heads and center), otherwise its backbone,
+    transformers' `ResNetModel`. `None` for any other name."""
+    model = official_only_release(name)
+    if model is None:
         return None
     from .conversion import from_official_checkpoint
 
@@ -309,6 +315,7 @@ __all__ = [
     "RELEASED_MODELS",
     "ReleasedModel",
     "load_foreign_pretrained",
+    "official_only_release",
     "released_model",
     "resolve_model_id",
     "self_distillation_config",

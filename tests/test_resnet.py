@@ -237,3 +237,25 @@ def _processor(size):
     from dino_hf.evaluation import dino_image_processor
 
     return dino_image_processor(image_size=size)
+
+
+def test_pretraining_starts_from_the_released_resnet50_backbone(tmp_path, monkeypatch):
+    import dino_hf.conversion
+    from dino_hf.training import DinoDataArguments, DinoModelArguments
+    from dino_hf.training.initialization import initial_model
+    from dino_hf.training.trainer import build_model_config
+
+    state = torchvision_resnet_state(12)
+    torch.save(state, tmp_path / "backbone.pth")
+    monkeypatch.setattr(dino_hf.conversion, "download_checkpoint", lambda url: tmp_path / "backbone.pth")
+    model_args = DinoModelArguments(
+        arch="resnet50", model_name_or_path="dino_resnet50", out_dim=HEAD["out_dim"],
+        config_overrides="resnet_embedding_size=8,resnet_hidden_sizes=[16,32,48,64],resnet_depths=[2,1,1,1]",
+    )  # fmt: skip
+    start = initial_model(model_args, build_model_config(model_args, DinoDataArguments(global_crops_size=32)))
+    assert start.kind == "backbone" and start.model_args.arch == "custom"
+    ours = resnet_state_dict_to_torchvision(start.model.teacher.backbone.state_dict())
+    assert all(torch.equal(ours[k], state[k]) for k in state)
+    wrong = DinoModelArguments(arch="resnet50", model_name_or_path="dino_resnet50")  # ResNet-50 widths
+    with pytest.raises(ValueError, match="resnet_hidden_sizes"):
+        initial_model(wrong, build_model_config(wrong, DinoDataArguments()))

@@ -24,14 +24,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import ResNetModel
+
 from ..configuration_dino import DinoConfig
-from ..hub import HEAD_FIELDS, resolve_model_id, self_distillation_from_backbone
+from ..hub import HEAD_FIELDS, official_only_release, resolve_model_id, self_distillation_from_backbone
 from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
 from .arguments import DinoModelArguments
 
 
 logger = logging.getLogger(__name__)
 
+_RESNET_FIELDS = ("backbone", "resnet_embedding_size", "resnet_hidden_sizes", "resnet_depths", "resnet_layer_type")
 # DinoConfig fields fixed by a pretrained backbone (a pretrained head also fixes hub.HEAD_FIELDS). `image_size` is not among them: the
 # position embeddings are interpolated to any crop size.
 BACKBONE_FIELDS = (
@@ -44,8 +47,9 @@ BACKBONE_FIELDS = (
     "qkv_bias",
     "hidden_act",
     "layer_norm_eps",
+    *_RESNET_FIELDS,
 )
-_ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")
+_ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", *_RESNET_FIELDS)
 # The model flags of DinoModelArguments named as the DinoConfig fields they set (`--arch` sets _ARCH_FIELDS).
 _FIELD_FLAGS = ("patch_size", "out_dim", "norm_last_layer", "use_bn_in_head", "drop_path_rate")
 
@@ -81,6 +85,8 @@ def initial_model(model_args: DinoModelArguments, config: DinoConfig) -> Initial
         config._attn_implementation = model_args.attn_implementation
         return InitialModel(DinoForSelfDistillation(config), model_args, None, "random")
     source = str(resolve_model_id(source))
+    released = official_only_release(source)
+    source = released.backbone_url if released else source  # dino_resnet50: the released backbone file
     requested = requested_fields(model_args)
     if _is_checkpoint_file(source):
         from ..conversion import from_official_checkpoint
@@ -97,10 +103,14 @@ def initial_model(model_args: DinoModelArguments, config: DinoConfig) -> Initial
         check_flags_agree(config, model.config, requested, (*BACKBONE_FIELDS, *HEAD_FIELDS, "drop_path_rate"), source)
         logger.info("Continuing the run %s: student, teacher, heads and center.", source)
     else:
-        check_flags_agree(config, backbone.config, requested, BACKBONE_FIELDS, source)
-        model = self_distillation_from_backbone(backbone, _backbone_run_config(config, backbone.config))
+        backbone_config = backbone.config
+        if isinstance(backbone, ResNetModel):
+            backbone_config = DinoConfig.from_resnet_config(backbone.config, image_size=config.image_size)
+        check_flags_agree(config, backbone_config, requested, BACKBONE_FIELDS, source)
+        model = self_distillation_from_backbone(backbone, _backbone_run_config(config, backbone_config))
         logger.info("Student and teacher start from the backbone %s, with a new head.", source)
-    model.set_attn_implementation(model_args.attn_implementation)
+    if model.config.backbone == "vit":  # a ResNet has no attention
+        model.set_attn_implementation(model_args.attn_implementation)
     return InitialModel(model, effective_model_args(model_args, model.config), source, kind)
 
 
@@ -161,7 +171,8 @@ def _backbone_run_config(config: DinoConfig, backbone_config: DinoConfig) -> Din
 def effective_model_args(model_args: DinoModelArguments, config: DinoConfig) -> DinoModelArguments:
     """`model_args` with the settings the model really has (for logs, the run summary and the model card)."""
     values: dict[str, Any] = {name: getattr(config, name) for name in _FIELD_FLAGS}
-    presets = [n for n in ("vit_tiny", "vit_small", "vit_base") if _arch_matches(DinoConfig.from_preset(n), config)]
+    names = ("vit_tiny", "vit_small", "vit_base", "resnet50")
+    presets = [n for n in names if _arch_matches(DinoConfig.from_preset(n), config)]
     values["arch"] = presets[0] if presets else "custom"  # "custom": no preset has this width and depth
     return dataclasses.replace(model_args, **values)
 
