@@ -801,12 +801,16 @@ def to_vit_model(model: DinoViTModel) -> ViTModel:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _save(model: DinoViTModel | DinoForSelfDistillation | ViTModel, output_dir: Path, with_processor: bool) -> None:
+def _save(
+    model: DinoViTModel | DinoForSelfDistillation | ViTModel | ResNetModel, output_dir: Path, with_processor: bool
+) -> None:
     model.save_pretrained(output_dir)
     if with_processor:
         from .evaluation.features import dino_image_processor
 
-        dino_image_processor(image_size=model.config.image_size).save_pretrained(output_dir)
+        # A ResNet has no native size: the paper's 224 evaluation crop.
+        image_size = getattr(model.config, "image_size", 224)
+        dino_image_processor(image_size=image_size).save_pretrained(output_dir)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -868,6 +872,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 __all__ = [
+    "convert_torchvision_resnet_state_dict",
+    "infer_resnet_config_fields",
+    "is_torchvision_resnet_state_dict",
+    "resnet_state_dict_to_torchvision",
     "DINO_LAYER_NORM_EPS",
     "STANDARD_NUM_HEADS",
     "convert_reference_backbone_state_dict",

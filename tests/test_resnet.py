@@ -194,7 +194,10 @@ def test_released_backbone_layout_converts_both_ways_with_equal_features():
     back = resnet_state_dict_to_torchvision(model.state_dict())
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
-    assert convert_torchvision_resnet_state_dict({**state, "fc.weight": torch.zeros(1)}).keys() == model.state_dict().keys()
+    assert (
+        convert_torchvision_resnet_state_dict({**state, "fc.weight": torch.zeros(1)}).keys()
+        == model.state_dict().keys()
+    )
     with pytest.raises(ValueError, match="torchvision's ResNet layout"):
         convert_torchvision_resnet_state_dict({**state, "layer9.stray": torch.zeros(1)})
 
@@ -229,7 +232,9 @@ def test_resnet_export_features_for_knn_linear_and_the_pipeline(tmp_path):
     image = (torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(11)) * 255).to(torch.uint8).numpy()
     from PIL import Image
 
-    feature = pipeline("image-feature-extraction", model=str(folder))(Image.fromarray(image), pool=True, return_tensors=True)
+    feature = pipeline("image-feature-extraction", model=str(folder))(
+        Image.fromarray(image), pool=True, return_tensors=True
+    )
     assert feature.flatten(1).shape == (1, WIDTHS[-1])
 
 

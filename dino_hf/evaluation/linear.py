@@ -132,7 +132,9 @@ def extract_linear_features(
     """
     if isinstance(model, ResNetModel):
         if n_last_blocks != 1 or avgpool_patchtokens:
-            raise ValueError("A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False.")
+            raise ValueError(
+                "A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False."
+            )
         return backbone_features(model, pixel_values)
     return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
 

@@ -197,7 +197,9 @@ def pretrain(
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
-    optimizer = create_optimizer(model.student, schedules.lr, schedules.weight_decay, optimizer=training_args.optimizer)
+    optimizer = create_optimizer(
+        model.student, schedules.lr, schedules.weight_decay, optimizer=training_args.optimizer
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     dino: DinoForSelfDistillation = accelerator.unwrap_model(model)
     if model_args.torch_compile:
