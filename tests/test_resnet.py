@@ -264,3 +264,15 @@ def test_pretraining_starts_from_the_released_resnet50_backbone(tmp_path, monkey
     wrong = DinoModelArguments(arch="resnet50", model_name_or_path="dino_resnet50")  # ResNet-50 widths
     with pytest.raises(ValueError, match="resnet_hidden_sizes"):
         initial_model(wrong, build_model_config(wrong, DinoDataArguments()))
+
+
+def test_regional_compilation_covers_the_resnet_blocks():
+    from dino_hf.training.performance import compile_blocks
+
+    config = DinoConfig.from_preset(
+        "resnet50", resnet_embedding_size=8, resnet_hidden_sizes=[16, 32], resnet_depths=[1, 1], **HEAD
+    )
+    model = DinoForSelfDistillation(config).train()
+    assert compile_blocks(model, backend="eager") == 4  # 2 blocks x student and teacher
+    out = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16), teacher_temp=0.04)
+    assert torch.isfinite(out.loss)

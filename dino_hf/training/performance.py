@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.models.resnet.modeling_resnet import ResNetBasicLayer, ResNetBottleNeckLayer
 
 from ..modeling_dino import DinoForSelfDistillation, DinoLayer
 
@@ -40,7 +41,8 @@ def _raise_recompile_limit(limit: int = _RECOMPILE_LIMIT) -> None:
 def compile_blocks(
     model: nn.Module, mode: str | None = None, *, backend: str = "inductor", dynamic: bool | None = False
 ) -> int:
-    """Regional compilation: compile every [`DinoLayer`] in `model` (student and teacher backbones, or one backbone).
+    """Regional compilation: compile every [`DinoLayer`] in `model` (student and teacher backbones, or one backbone),
+    or every residual block of a ResNet backbone.
 
     All blocks run the same code, so they share the compiled graphs; compiling takes one block's time, not the whole
     network's. Graphs are specialised on the input shape (`dynamic=False`): one per crop resolution and batch, and
@@ -59,7 +61,8 @@ def compile_blocks(
         The number of blocks compiled.
     """
     _raise_recompile_limit()
-    layers = [module for module in model.modules() if isinstance(module, DinoLayer)]
+    block_types = (DinoLayer, ResNetBottleNeckLayer, ResNetBasicLayer)  # a ResNet backbone compiles per residual block
+    layers = [module for module in model.modules() if isinstance(module, block_types)]
     for layer in layers:
         layer.compile(mode=mode, backend=backend, dynamic=dynamic)
     return len(layers)
