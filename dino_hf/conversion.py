@@ -177,6 +177,17 @@ def _rename_resnet(key: str, rules: list[tuple[str, str]], offset: int) -> str |
     return None
 
 
+def _rename_resnet_state(
+    state_dict: Mapping[str, torch.Tensor], rules: list[tuple[str, str]], offset: int, layout: str
+) -> dict[str, torch.Tensor]:
+    """Rename every key by `rules`; a key no rule matches raises a `ValueError` (nothing is dropped silently)."""
+    converted = {_rename_resnet(key, rules, offset): value for key, value in state_dict.items()}
+    unknown = [key for key in state_dict if _rename_resnet(key, rules, offset) is None]
+    if unknown:
+        raise ValueError(f"Keys not in {layout}: {_list_keys(unknown)}.")
+    return converted
+
+
 def is_torchvision_resnet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether a backbone state dict (DDP/`backbone.` prefixes allowed) is a torchvision-layout ResNet."""
     keys = _strip_prefixes(state_dict)
@@ -188,33 +199,14 @@ def convert_torchvision_resnet_state_dict(state_dict: Mapping[str, torch.Tensor]
     `module.`/`backbone.` prefixes) -> transformers `ResNetModel` names. The classifier `fc.*` (absent from the
     released backbone, whose `fc` the reference replaced by an identity) and `head.*` are left out, as the reference's
     own loaders do; any other unknown key raises a `ValueError`."""
-    converted, unknown = {}, []
-    for key, value in _strip_prefixes(state_dict).items():
-        if key.startswith(("head.", "fc.")):
-            continue
-        new_key = _rename_resnet(key, _TORCHVISION_TO_RESNET, offset=-1)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            converted[new_key] = value
-    if unknown:
-        raise ValueError(f"Keys not in torchvision's ResNet layout: {_list_keys(unknown)}.")
-    return converted
+    backbone = {k: v for k, v in _strip_prefixes(state_dict).items() if not k.startswith(("head.", "fc."))}
+    return _rename_resnet_state(backbone, _TORCHVISION_TO_RESNET, -1, "torchvision's ResNet layout")
 
 
 def resnet_state_dict_to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The other direction: transformers `ResNetModel` names -> torchvision's (the reference's backbone layout, loadable
     by `torchvision.models.resnet50()` with `strict=False` for the missing `fc`)."""
-    converted, unknown = {}, []
-    for key, value in state_dict.items():
-        new_key = _rename_resnet(key, _RESNET_TO_TORCHVISION, offset=1)
-        if new_key is None:
-            unknown.append(key)
-        else:
-            converted[new_key] = value
-    if unknown:
-        raise ValueError(f"Keys not in transformers' ResNetModel layout: {_list_keys(unknown)}.")
-    return converted
+    return _rename_resnet_state(state_dict, _RESNET_TO_TORCHVISION, 1, "transformers' ResNetModel layout")
 
 
 def infer_resnet_config_fields(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:

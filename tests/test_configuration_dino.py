@@ -69,3 +69,16 @@ def test_round_trip_and_auto_config(tmp_path):
 
     assert without_path(loaded) == without_path(config)
     assert loaded.auto_map["AutoConfig"] == "configuration_dino.DinoConfig"
+
+
+def test_resnet_backbone_fields():
+    config = DinoConfig.from_preset("resnet50")
+    assert (config.backbone, config.feature_size, config.has_batch_norm) == ("resnet", 2048, True)
+    assert DinoConfig().feature_size == 384 and not DinoConfig().has_batch_norm
+    resnet = config.resnet_config()
+    assert (resnet.depths, resnet.downsample_in_bottleneck) == ([3, 4, 6, 3], False)
+    assert DinoConfig.from_resnet_config(resnet).resnet_hidden_sizes == [256, 512, 1024, 2048]
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        DinoConfig(backbone="xcit")
+    with pytest.raises(ValueError, match="equal length"):
+        DinoConfig(backbone="resnet", resnet_depths=[1, 1])
