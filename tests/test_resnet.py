@@ -276,3 +276,22 @@ def test_regional_compilation_covers_the_resnet_blocks():
     assert compile_blocks(model, backend="eager") == 4  # 2 blocks x student and teacher
     out = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16), teacher_temp=0.04)
     assert torch.isfinite(out.loss)
+
+
+def test_resnet_step_under_bf16_autocast_keeps_the_loss_path_float32():
+    # The backbone and the head's MLP run in bf16 by design; from the head's last layer on everything is float32:
+    # compared with the float32 loss and center computed from the same logits.
+    from dino_hf import DinoLoss
+
+    model = from_official_checkpoint(full_checkpoint()).train()
+    center_before = model.center.center.clone()
+    g = torch.Generator().manual_seed(13)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(6, 3, 32, 32, generator=g), torch.randn(6, 3, 16, 16, generator=g), teacher_temp=0.04)
+    assert out.loss.dtype == out.student_logits.dtype == model.center.center.dtype == torch.float32
+    expected = DinoLoss(0.1)(out.student_logits.detach(), out.teacher_logits, center_before, 0.04)
+    torch.testing.assert_close(out.loss.detach(), expected.loss, atol=1e-5, rtol=0)
+    expected_center = 0.9 * center_before + 0.1 * out.teacher_logits.mean(0, keepdim=True)
+    torch.testing.assert_close(model.center.center, expected_center, atol=1e-6, rtol=0)
+    out.loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.student.parameters() if p.grad is not None)
