@@ -79,7 +79,7 @@ class DinoConfig(PreTrainedConfig):
     Classification ([`DinoForImageClassification`], linear evaluation):
         n_last_blocks (`int`, *optional*): blocks whose [CLS] tokens make the linear-evaluation features. Defaults by
             width as in the reference: 1 for ViT-B and wider (`hidden_size >= 768`), else 4 (or every block of a
-            shallower model).
+            shallower model). A ResNet has one feature, its pooled last stage: 1 (and no `avgpool_patchtokens`).
         avgpool_patchtokens (`bool`, *optional*): add the average of the last block's patch tokens to the features.
             Defaults by width: True for ViT-B and wider, else False.
         The classifier also honours transformers' `num_labels`, `id2label`, `label2id` and `problem_type`.
@@ -133,11 +133,13 @@ class DinoConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # The reference's linear-evaluation features by width (eval_linear.py help: n=4 for ViT-S, n=1 + avgpool for
         # ViT-B); resolved once here, so a saved config states the layout its classifier was trained on.
+        # A ResNet has one feature, its pooled last stage (the reference's eval_linear.py for convnets).
+        resnet = self.backbone == "resnet"
         wide = isinstance(self.hidden_size, int) and self.hidden_size >= 768
         if self.n_last_blocks is None and isinstance(self.num_hidden_layers, int):
-            self.n_last_blocks = 1 if wide else min(4, self.num_hidden_layers)
+            self.n_last_blocks = 1 if wide or resnet else min(4, self.num_hidden_layers)
         if self.avgpool_patchtokens is None:
-            self.avgpool_patchtokens = wide
+            self.avgpool_patchtokens = wide and not resnet
         self.check_values()
         super().__post_init__(**kwargs)
 
@@ -193,6 +195,11 @@ class DinoConfig(PreTrainedConfig):
                 f"DinoConfig.n_last_blocks must be between 1 and num_hidden_layers ({self.num_hidden_layers}), "
                 f"got {self.n_last_blocks!r}."
             )
+        if self.backbone == "resnet" and (self.n_last_blocks != 1 or self.avgpool_patchtokens):
+            raise ValueError(
+                "A ResNet's linear-evaluation feature is its pooled last stage: DinoConfig.n_last_blocks must be 1 and "
+                "avgpool_patchtokens False."
+            )
         if not 0.0 <= self.center_momentum <= 1.0:
             raise ValueError(f"DinoConfig.center_momentum must be in [0, 1], got {self.center_momentum!r}.")
 
@@ -203,6 +210,8 @@ class DinoConfig(PreTrainedConfig):
     @property
     def linear_feature_dim(self) -> int:
         """Width of the linear-evaluation features ([`DinoViTModel.get_linear_features`]) with this config's layout."""
+        if self.backbone == "resnet":
+            return self.feature_size
         return self.hidden_size * (self.n_last_blocks + int(self.avgpool_patchtokens))
 
     @property

@@ -1172,7 +1172,7 @@ class DinoForImageClassification(DinoPreTrainedModel):
     def __init__(self, config: DinoConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.dino = DinoViTModel(config)
+        self.dino = build_backbone(config)
         self.classifier = (
             nn.Linear(config.linear_feature_dim, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
@@ -1204,9 +1204,12 @@ class DinoForImageClassification(DinoPreTrainedModel):
             `ImageClassifierOutput` with `logits` `(batch_size, num_labels)` and `loss` when `labels` are given.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        features = self.dino.get_linear_features(
-            pixel_values, self.config.n_last_blocks, self.config.avgpool_patchtokens
-        )
+        if isinstance(self.dino, ResNetModel):  # the pooled last stage, as the reference's linear evaluation
+            features = backbone_features(self.dino, pixel_values)
+        else:
+            features = self.dino.get_linear_features(
+                pixel_values, self.config.n_last_blocks, self.config.avgpool_patchtokens
+            )
         logits = self.classifier(features)
         loss = None if labels is None else self.loss_function(labels, logits, self.config)
         if not return_dict:
@@ -1214,15 +1217,21 @@ class DinoForImageClassification(DinoPreTrainedModel):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
     @classmethod
-    def from_backbone(cls, backbone: DinoViTModel, **config_overrides: Any) -> DinoForImageClassification:
+    def from_backbone(
+        cls, backbone: DinoViTModel | ResNetModel, **config_overrides: Any
+    ) -> DinoForImageClassification:
         """A classifier with `backbone`'s weights (copied, on the CPU in float32) and a new head.
 
         Args:
-            backbone: a [`DinoViTModel`].
+            backbone: a [`DinoViTModel`], or transformers' `ResNetModel` (a DINO ResNet-50: the classifier reads its
+                pooled 2048-d feature).
             **config_overrides: config fields, e.g. `id2label={0: "cat", 1: "dog"}` (sets `num_labels` and
                 `label2id` too), `num_labels=10`, `n_last_blocks=1`, `avgpool_patchtokens=True`, `problem_type`.
         """
-        config = copy.deepcopy(backbone.config)
+        if isinstance(backbone, ResNetModel):
+            config = DinoConfig.from_resnet_config(backbone.config)
+        else:
+            config = copy.deepcopy(backbone.config)
         config.architectures = [cls.__name__]
         id2label = config_overrides.pop("id2label", None)
         if id2label is not None:

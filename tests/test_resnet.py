@@ -295,3 +295,21 @@ def test_resnet_step_under_bf16_autocast_keeps_the_loss_path_float32():
     torch.testing.assert_close(model.center.center, expected_center, atol=1e-6, rtol=0)
     out.loss.backward()
     assert all(p.grad.dtype == torch.float32 for p in model.student.parameters() if p.grad is not None)
+
+
+def test_image_classifier_on_a_resnet_reads_the_pooled_feature(tmp_path):
+    from dino_hf import DinoForImageClassification
+
+    state = torchvision_resnet_state(14)
+    probe = torch.nn.Linear(WIDTHS[-1], 3)
+    model = DinoForImageClassification.from_linear_probe(from_official_checkpoint(state), probe)
+    assert model.config.backbone == "resnet" and model.config.linear_feature_dim == WIDTHS[-1]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        expected = probe(torchvision_forward(state, x, training=False))
+        torch.testing.assert_close(model(x).logits, expected, atol=1e-5, rtol=0)
+        model.save_pretrained(tmp_path / "clf")
+        loaded = DinoForImageClassification.from_pretrained(tmp_path / "clf").eval()
+        torch.testing.assert_close(loaded(x).logits, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pooled last stage"):
+        DinoConfig(backbone="resnet", n_last_blocks=4)
