@@ -329,15 +329,17 @@ class LinearProbeResult:
         return {"best_top1": self.best_top1, "best": self.best, "heads": self.heads, "history": self.history}
 
     def table(self) -> str:
-        """Every head's final figures as a Markdown table; the best head is marked `*`."""
+        """Every head's final figures (and its lr at the start of the cosine) as a Markdown table; the best head is
+        marked `*`."""
         columns = [c for c in ("eval_top1", "eval_top5", "eval_loss", "train_loss") if c in self.heads[0]]
-        lines = ["| head | base_lr | lr | weight_decay | " + " | ".join(columns) + " |"]
+        peak = {row["head"]: row["lr"] for row in self.history if row["epoch"] == self.history[0]["epoch"]}
+        lines = ["| head | base_lr | peak lr | weight_decay | " + " | ".join(columns) + " |"]
         lines.append("|" + "---|" * (4 + len(columns)))
         for row in self.heads:
-            mark = "*" if row["head"] == self.best_head else ""
+            head, mark = row["head"], "*" if row["head"] == self.best_head else ""
             values = " | ".join(f"{row[c]:.4g}" for c in columns)
             lines.append(
-                f"| {row['head']}{mark} | {row['base_lr']:g} | {row['lr']:.4g} | {row['weight_decay']:g} | {values} |"
+                f"| {head}{mark} | {row['base_lr']:g} | {peak[head]:.4g} | {row['weight_decay']:g} | {values} |"
             )
         return "\n".join(lines)
 
