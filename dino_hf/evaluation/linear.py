@@ -356,7 +356,6 @@ def _train_epoch(
     heads: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    backward: Callable[[torch.Tensor], None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass over `(features, labels)` batches; returns each head's summed loss `(H,)` and the image count."""
     heads.train()
@@ -365,7 +364,7 @@ def _train_epoch(
         losses = _per_head_cross_entropy(heads(features), labels).mean(dim=1)
         optimizer.zero_grad()
         # The heads share no parameter: the sum's gradient is each head's own, as if trained alone.
-        backward(losses.sum())
+        losses.sum().backward()
         optimizer.step()
         batch_loss = losses.detach() * labels.shape[0]
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
@@ -385,8 +384,8 @@ def _fit_heads(
     global_batch_size: int,
     distributed: bool,
 ) -> LinearProbeResult:
-    """Train one head per grid point on `epoch -> (features, labels)` batches; `distributed` prepares the heads
-    with accelerate (online mode, each process its own shard) instead of training them locally (cached mode)."""
+    """Train one head per grid point on `epoch -> (features, labels)` batches; `distributed`: each process has its
+    own shard (online mode; gradients are averaged) rather than all the data (cached mode)."""
     grid = config.grid()
     classifiers = [LinearClassifier(dim, num_labels) for _ in grid]
     heads = LinearHeads(classifiers).to(accelerator.device)
@@ -398,13 +397,15 @@ def _fit_heads(
     optimizer = torch.optim.SGD(groups, lr=lrs[0], momentum=config.momentum)
     # Stepped once per epoch, as the reference does; it scales each group's own lr. Created before `prepare`.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=0)
-    backward = accelerator.backward if distributed else torch.Tensor.backward
-    if distributed:
-        heads, optimizer = accelerator.prepare(heads, optimizer)
+    if distributed and accelerator.num_processes > 1:
+        # Plain DDP, not `accelerator.prepare`: that would run the heads under autocast and, in fp16, a GradScaler
+        # whose skipped steps on one diverging head's inf gradients would stall every head. The heads stay float32.
+        on_gpu = accelerator.device.type == "cuda"
+        heads = nn.parallel.DistributedDataParallel(heads, device_ids=[accelerator.device] if on_gpu else None)
     result = LinearProbeResult(classifiers=classifiers, grid=grid)
     for epoch in range(config.epochs):
         used_lrs = [group["lr"] for group in optimizer.param_groups]
-        loss_sum, count = _train_epoch(heads, optimizer, epoch_batches(epoch), backward)
+        loss_sum, count = _train_epoch(heads, optimizer, epoch_batches(epoch))
         if distributed:
             loss_sum, count = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(count, "sum")
         scheduler.step()
@@ -462,7 +463,8 @@ def train_linear_probe(
         config: the recipe; defaults to [`LinearProbeConfig.for_backbone`] of the model.
         eval_batches: batches for evaluation every `config.eval_every` epochs and at the end; required with more
             than one head (they choose the best).
-        accelerator: defaults to `Accelerator()`; mixed precision applies to the (frozen) feature extraction only.
+        accelerator: defaults to `Accelerator()`; mixed precision applies to the (frozen) feature extraction only:
+            the heads train in float32 (wrapped in DDP across processes).
         global_batch_size: the batch size of the linear scaling rule; defaults to the first batch's size times the
             number of processes.
 

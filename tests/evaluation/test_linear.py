@@ -168,9 +168,10 @@ def test_each_head_is_what_training_it_alone_gives():
     """The summed loss of the grid gives each head its own gradient: a grid's head equals a grid of one."""
     generator = torch.Generator().manual_seed(5)
     labels = torch.randint(0, 4, (40,), generator=generator)
-    features = torch.randn(40, 16, generator=generator) + torch.nn.functional.one_hot(labels, 16).float()
+    features = torch.randn(40, 16, generator=generator) + 3 * torch.nn.functional.one_hot(labels, 16).float()
     stored = {"features": features, "labels": labels}
-    config = LinearProbeConfig(epochs=3, base_lrs=(0.1, 1.0, 10.0), weight_decays=(0.0, 0.01))
+    # 1e12 blows up (weights of order 1e10, or NaN with weight decay): its neighbours are unaffected.
+    config = LinearProbeConfig(epochs=3, base_lrs=(1.0, 10.0, 1e12), weight_decays=(0.0, 0.01))
     torch.manual_seed(0)
     grid = train_linear_probe_on_features(stored, 4, config, eval_features=stored, batch_size=16)
     for head, (base_lr, weight_decay) in enumerate(config.grid()):
@@ -179,7 +180,9 @@ def test_each_head_is_what_training_it_alone_gives():
             LinearClassifier(16, 4)
         alone = LinearProbeConfig(epochs=3, base_lrs=(base_lr,), weight_decays=(weight_decay,))
         single = train_linear_probe_on_features(stored, 4, alone, batch_size=16)
-        torch.testing.assert_close(grid.classifiers[head].state_dict(), single.classifier.state_dict())
+        torch.testing.assert_close(grid.classifiers[head].state_dict(), single.classifier.state_dict(), equal_nan=True)
+    assert grid.classifiers[2].linear.weight.abs().max() > 1e6 and grid.classifiers[5].linear.weight.isnan().any()
+    assert grid.best_head != 5 and not any(math.isnan(row["eval_top1"]) for row in grid.heads)
 
 
 def test_best_head_is_chosen_on_validation():
