@@ -287,27 +287,24 @@ class LinearProbeResult:
     """What [`train_linear_probe`] and [`train_linear_probe_on_features`] return.
 
     Args:
-        classifiers: the trained [`LinearClassifier`] of each head, in the order of `LinearProbeConfig.grid()`.
+        classifier: the best head's trained [`LinearClassifier`] (unwrapped from any distributed wrapper).
+        classifiers: every head's, in the order of `LinearProbeConfig.grid()`.
         grid: `(base_lr, weight_decay)` of each head.
         history: one row per (epoch, head): `epoch`, `head`, `base_lr`, `weight_decay`, `lr` (used during that
             epoch), `train_loss`, and on evaluated epochs the evaluation metrics prefixed with `eval_` (`eval_loss`,
             `eval_top1`, `eval_top5`).
         best_head: the head with the best final evaluation top-1 (ties: the lower evaluation loss); the only head of
-            a grid of one; `None` before training ends.
+            a grid of one.
 
     The validation split both chooses the head and reports its figure, as in dinov2's linear evaluation: with many
     heads the best figure is slightly optimistic; evaluate `classifier` on a separate split for an unbiased one.
     """
 
-    classifiers: list[LinearClassifier]
-    grid: list[tuple[float, float]]
+    classifier: LinearClassifier | None = None
+    classifiers: list[LinearClassifier] = field(default_factory=list)
+    grid: list[tuple[float, float]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     best_head: int | None = None
-
-    @property
-    def classifier(self) -> LinearClassifier:
-        """The best head's classifier."""
-        return self.classifiers[self.best_head]
 
     @property
     def heads(self) -> list[dict[str, float]]:
@@ -316,8 +313,8 @@ class LinearProbeResult:
 
     @property
     def best(self) -> dict[str, float]:
-        """The best head's final row."""
-        return self.heads[self.best_head]
+        """The best head's final row (empty without history)."""
+        return self.heads[self.best_head] if self.history else {}
 
     @property
     def best_top1(self) -> float | None:
@@ -350,6 +347,7 @@ class LinearProbeResult:
             return row.get("eval_top1", 0.0), -loss if loss == loss else -float("inf")  # NaN loss: diverged
 
         self.best_head = max(range(len(self.grid)), key=score)
+        self.classifier = self.classifiers[self.best_head]
 
 
 def _train_epoch(

@@ -196,6 +196,8 @@ def test_best_head_is_chosen_on_validation():
     result._choose_best()
     assert result.best_head == 2 and result.classifier is result.classifiers[2] and result.best_top1 == 80.0
     assert "| 2* |" in result.table() and result.to_dict()["best"]["eval_loss"] == 0.6
+    wrapped = LinearProbeResult(classifier=result.classifiers[0])  # a classifier trained elsewhere, as a result
+    assert wrapped.classifier is result.classifiers[0] and wrapped.best_top1 is None and wrapped.best == {}
 
     # In a real grid, a far too small learning rate stays near chance and is not chosen.
     torch.manual_seed(0)
