@@ -26,9 +26,8 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..data import load_image_dataset
 from ..evaluation import LinearProbeConfig, load_backbone, load_features, save_features
-from ..evaluation.datasets import eval_batches, probe_train_batches
+from ..evaluation.datasets import eval_batches, labelled_source, probe_train_batches
 from ..evaluation.features import processor_normalisation
 from ..evaluation.linear import (
     DEFAULT_BASE_LRS,
@@ -95,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.avgpool_patchtokens is not None:
         overrides["avgpool_patchtokens"] = bool(args.avgpool_patchtokens)
     config = LinearProbeConfig.for_backbone(model.config, **overrides)
-    sources = {split: _load_split(args, parser, split) for split in (args.train_split, args.eval_split)}
+    data = {"data_files": args.data_files, "image_column": args.image_column, "label_column": args.label_column}
+    sources = {
+        split: labelled_source(args.dataset_name, split, **data) for split in (args.train_split, args.eval_split)
+    }
     num_labels = len(sources[args.train_split].class_names or [])
     if not num_labels:
         parser.error("The label column is not a ClassLabel; the number of classes is unknown.")
@@ -121,19 +123,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         result = _train_online(args, model, config, sources, common, num_labels, accelerator)
     return _report(args, result, accelerator, mode="cached features" if args.features_dir else "online")
-
-
-def _load_split(args: argparse.Namespace, parser: argparse.ArgumentParser, split: str):
-    source = load_image_dataset(
-        args.dataset_name,
-        split=split,
-        data_files=args.data_files,
-        image_column=args.image_column,
-        label_column=args.label_column,
-    )
-    if source.label_column is None:
-        parser.error(f"{args.dataset_name} ({split}) has no label column; pass --label_column.")
-    return source
 
 
 def _train_online(args, model, config, sources, common, num_labels, accelerator) -> LinearProbeResult:

@@ -2,7 +2,8 @@
 
 - [`eval_batches`]: every image once, in order, with the paper's evaluation preprocessing (resize 256, center crop
   224, normalise), for k-NN, feature export and the linear probe's validation;
-- [`probe_train_batches`]: shuffled epochs with random-resized crops and flips, for training the linear probe.
+- [`probe_train_batches`]: shuffled epochs with random-resized crops and flips, for training the linear probe;
+- [`labelled_source`]: a split that must carry labels (k-NN, the linear probe).
 
 Decoding runs in DataLoader workers; resizing, cropping and normalising run batched on `device`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -21,8 +23,26 @@ from ..data import (
     MultiCropConfig,
     build_eval_loader,
     build_pretraining_loader,
+    load_image_dataset,
 )
 from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
+
+
+def labelled_source(
+    dataset_name: str,
+    split: str,
+    *,
+    data_files: Any = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> ImageSource:
+    """[`load_image_dataset`] of a split the evaluation needs labels for; a clear error when it has none."""
+    source = load_image_dataset(
+        dataset_name, split=split, data_files=data_files, image_column=image_column, label_column=label_column
+    )
+    if source.label_column is None:
+        raise ValueError(f"{dataset_name} ({split}) has no label column; pass --label_column.")
+    return source
 
 
 def eval_batches(
