@@ -120,6 +120,8 @@ def test_linear_eval_cached_features(dataset_folder, model_folder, tmp_path, cap
     assert "Reusing the features" in capsys.readouterr().out and again == first
     with pytest.raises(SystemExit):  # another layout must not reuse these features
         main([*flags, "--n_last_blocks", "1"])
+    with pytest.raises(SystemExit):  # training crops do not apply to stored features: refused, not ignored
+        main([*flags, "--crop_scale", "0.4", "1"])
 
 
 def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):

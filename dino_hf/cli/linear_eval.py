@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--avgpool_patchtokens", type=int, choices=[0, 1], default=None, help="1 for ViT-B (default: by width)."
     )
+    parser.add_argument(
+        "--crop_scale",
+        type=float,
+        nargs=2,
+        default=[0.08, 1.0],
+        help="Area range of the online mode's random-resized training crops (the reference's 0.08 1).",
+    )
     parser.add_argument("--eval_every", type=int, default=1, help="Evaluate every N epochs (and after the last).")
     parser.add_argument(
         "--features_dir",
@@ -84,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator()
     set_seed(args.seed)  # the heads' initialisation: a run is repeatable
     model = load_backbone(args.model_name_or_path)
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.features_dir:
         if accelerator.num_processes > 1:
             parser.error("--features_dir runs in one process (the heads on stored features are cheap).")
+        if args.crop_scale != parser.get_default("crop_scale"):
+            parser.error("--crop_scale sets the online mode's training crops; --features_dir stores center crops.")
         stored = _cached_features(args, model, config, sources, common, accelerator)
         train, validation = stored
         result = train_linear_probe_on_features(
@@ -126,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _train_online(args, model, config, sources, common, num_labels, accelerator) -> LinearProbeResult:
-    train_batches = probe_train_batches(sources[args.train_split], seed=args.seed, **common)
+    train_split = sources[args.train_split]
+    train_batches = probe_train_batches(train_split, seed=args.seed, crop_scale=tuple(args.crop_scale), **common)
 
     def validation():
         return ((pixels, labels) for pixels, labels, _ in eval_batches(sources[args.eval_split], **common))

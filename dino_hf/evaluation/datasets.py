@@ -80,14 +80,18 @@ def eval_batches(
 
 
 def classification_crop_config(
-    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    scale: tuple[float, float] = (0.08, 1.0),
 ) -> MultiCropConfig:
-    """One random-resized crop (scale 0.08-1) and a horizontal flip, no colour changes: the reference's
-    `RandomResizedCrop(224)` + `RandomHorizontalFlip()` of linear evaluation and DeiT's geometric augmentation."""
+    """One random-resized crop (area `scale`, 0.08-1 by default) and a horizontal flip, no colour changes: the
+    reference's `RandomResizedCrop(224)` + `RandomHorizontalFlip()` of linear evaluation and DeiT's geometric
+    augmentation."""
     return MultiCropConfig(
         global_crops_number=1,
         global_crops_size=image_size,
-        global_crops_scale=(0.08, 1.0),
+        global_crops_scale=tuple(scale),
         local_crops_number=0,
         color_jitter_p=0.0,
         grayscale_p=0.0,
@@ -111,8 +115,10 @@ def probe_train_batches(
     rank: int = 0,
     world_size: int = 1,
     steps_per_epoch: int | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """`epoch -> (pixel_values, labels)` batches for the linear probe: random-resized crop (scale 0.08-1) and flip.
+    """`epoch -> (pixel_values, labels)` batches for the linear probe: random-resized crop (`crop_scale`, the
+    reference's 0.08-1 by default) and flip.
 
     The reference trains the probe with `RandomResizedCrop(224)` + `RandomHorizontalFlip()`; this is the same crop
     distribution with the pipeline's antialiased bicubic resampling. One epoch is `steps_per_epoch` batches
@@ -123,7 +129,7 @@ def probe_train_batches(
         if source.num_examples is None:
             raise ValueError("The dataset size is unknown: pass steps_per_epoch.")
         steps_per_epoch = max(1, source.num_examples // (batch_size * world_size))
-    augment = DinoMultiCropAugmentation(classification_crop_config(image_size, mean, std))
+    augment = DinoMultiCropAugmentation(classification_crop_config(image_size, mean, std, scale=crop_scale))
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
     stream = iter(
         build_pretraining_loader(

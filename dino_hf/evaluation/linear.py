@@ -19,6 +19,7 @@ the same heads on stored features (extract once with [`extract_probe_features`])
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ from ..configuration_dino import DinoConfig
 from ..modeling_dino import DinoViTModel
 from .metrics import top_k_accuracies
 
+
+logger = logging.getLogger(__name__)
 
 Batches = Iterable[Any] | Callable[[int], Iterable[Any]]
 
@@ -409,6 +412,11 @@ def _fit_heads(
         scheduler.step()
         evaluated = evaluate is not None and (epoch % config.eval_every == 0 or epoch == config.epochs - 1)
         metrics = evaluate(heads) if evaluated else [{} for _ in grid]
+        if evaluated and accelerator.is_main_process:
+            best = max(range(len(grid)), key=lambda h: metrics[h]["top1"])
+            logger.info(
+                f"epoch {epoch}: best head {best} (base_lr {grid[best][0]:g}) top-1 {metrics[best]['top1']:.2f}%"
+            )
         for head, ((base_lr, wd), lr, loss, scores) in enumerate(
             zip(grid, used_lrs, (loss_sum / count).tolist(), metrics, strict=True)
         ):
