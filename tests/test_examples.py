@@ -95,18 +95,18 @@ def test_linear_eval(dataset_folder, model_folder, tmp_path, capsys):
     out = tmp_path / "linear.json"
     flags = ["--model_name_or_path", str(model_folder), "--dataset_name", dataset_folder, "--num_workers", "0"]
     flags += ["--batch_size", "8", "--output_file", str(out)]
-    result = load_example("linear_eval").main([*flags, "--epochs", "2", "--lr", "0.01", "1.0", "--weight_decay", "0"])
+    assert load_example("linear_eval").main([*flags, "--epochs", "2", "--lr", "0.01", "1.0"]) is None  # exit status 0
+    result = json.loads(out.read_text())
     assert result["mode"] == "online" and len(result["heads"]) == 2 and len(result["history"]) == 2 * 2
     assert [row["base_lr"] for row in result["heads"]] == [0.01, 1.0]
     assert all("eval_top1" in row for row in result["heads"])
-    saved = json.loads(out.read_text())
-    assert saved["best_top1"] == result["best_top1"] == max(row["eval_top1"] for row in result["heads"])
+    assert result["best_top1"] == max(row["eval_top1"] for row in result["heads"])
     printed = capsys.readouterr().out
     assert "| head | base_lr |" in printed and f"best top-1 {result['best_top1']:.2f}%" in printed
 
 
 def test_linear_eval_cached_features(dataset_folder, model_folder, tmp_path, capsys):
-    from dino_hf.cli.linear_eval import main
+    from dino_hf.cli.linear_eval import run as main
 
     features_dir = tmp_path / "features"
     flags = ["--model_name_or_path", str(model_folder), "--dataset_name", dataset_folder, "--num_workers", "0"]

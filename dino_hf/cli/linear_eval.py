@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: runs [`run`] (a console script exits with its return value, so this returns None)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train and report the probe; returns `{"mode", "best_top1", "best", "heads", "history"}`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
