@@ -17,9 +17,8 @@ import json
 
 import torch
 
-from dino_hf.data import load_image_dataset
 from dino_hf.evaluation import extract_features, knn_evaluate, load_backbone
-from dino_hf.evaluation.datasets import eval_batches
+from dino_hf.evaluation.datasets import eval_batches, labelled_source
 from dino_hf.evaluation.features import processor_normalisation
 
 
@@ -50,15 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     mean, std = processor_normalisation(args.model_name_or_path)
     features = {}
     for split, limit in ((args.train_split, args.max_train_samples), (args.eval_split, args.max_eval_samples)):
-        source = load_image_dataset(
-            args.dataset_name,
-            split=split,
-            data_files=args.data_files,
-            image_column=args.image_column,
-            label_column=args.label_column,
-        )
-        if source.label_column is None:
-            parser.error(f"{args.dataset_name} ({split}) has no label column; pass --label_column.")
+        data = {"data_files": args.data_files, "image_column": args.image_column, "label_column": args.label_column}
+        source = labelled_source(args.dataset_name, split, **data)
         batches = eval_batches(
             source,
             image_size=image_size,

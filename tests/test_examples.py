@@ -91,26 +91,37 @@ def test_extract_features_parquet_and_safetensors(dataset_folder, model_folder, 
     assert len(ids) == 20 and len(set(ids)) == 20
 
 
-def test_linear_eval(dataset_folder, model_folder, tmp_path):
+def test_linear_eval(dataset_folder, model_folder, tmp_path, capsys):
     out = tmp_path / "linear.json"
-    result = load_example("linear_eval").main(
-        [
-            "--model_name_or_path",
-            str(model_folder),
-            "--dataset_name",
-            dataset_folder,
-            "--epochs",
-            "2",
-            "--batch_size",
-            "8",
-            "--num_workers",
-            "0",
-            "--output_file",
-            str(out),
-        ]
-    )
-    assert len(result["history"]) == 2 and "eval_top1" in result["history"][-1]
-    assert json.loads(out.read_text())["best_top1"] == result["best_top1"]
+    flags = ["--model_name_or_path", str(model_folder), "--dataset_name", dataset_folder, "--num_workers", "0"]
+    flags += ["--batch_size", "8", "--output_file", str(out)]
+    assert load_example("linear_eval").main([*flags, "--epochs", "2", "--lr", "0.01", "1.0"]) is None  # exit status 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "online" and len(result["heads"]) == 2 and len(result["history"]) == 2 * 2
+    assert [row["base_lr"] for row in result["heads"]] == [0.01, 1.0]
+    assert all("eval_top1" in row for row in result["heads"])
+    assert result["best_top1"] == max(row["eval_top1"] for row in result["heads"])
+    printed = capsys.readouterr().out
+    assert "| head | base_lr |" in printed and f"best top-1 {result['best_top1']:.2f}%" in printed
+
+
+def test_linear_eval_cached_features(dataset_folder, model_folder, tmp_path, capsys):
+    from dino_hf.cli.linear_eval import run as main
+
+    features_dir = tmp_path / "features"
+    flags = ["--model_name_or_path", str(model_folder), "--dataset_name", dataset_folder, "--num_workers", "0"]
+    flags += ["--batch_size", "8", "--epochs", "3", "--features_dir", str(features_dir)]
+    first = main(flags)
+    assert first["mode"] == "cached features" and len(first["heads"]) == 13  # the default grid
+    stored = load_features(features_dir / "train.parquet")
+    assert stored["features"].shape == (40, 64 * 2)  # 10 classes x 4 images; the tiny model's 2 blocks' [CLS]
+    assert "Stored the features" in capsys.readouterr().out
+    again = main(flags)  # reuses the stored features: the same heads, the same figures
+    assert "Reusing the features" in capsys.readouterr().out and again == first
+    with pytest.raises(SystemExit):  # another layout must not reuse these features
+        main([*flags, "--n_last_blocks", "1"])
+    with pytest.raises(SystemExit):  # training crops do not apply to stored features: refused, not ignored
+        main([*flags, "--crop_scale", "0.4", "1"])
 
 
 def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):

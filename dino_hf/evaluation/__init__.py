@@ -2,7 +2,8 @@
 
 - [`knn_classify`], [`knn_evaluate`]: the paper's weighted k-NN classifier, chunked for large training sets.
 - [`LinearClassifier`], [`LinearProbeConfig`], [`extract_linear_features`], [`train_linear_probe`],
-  [`evaluate_linear_probe`]: linear evaluation on frozen features, on accelerate.
+  [`evaluate_linear_probe`]: linear evaluation on frozen features, on accelerate, a grid of learning rates at once;
+  [`extract_probe_features`], [`train_linear_probe_on_features`]: the same heads on stored features.
 - [`attention_maps`], [`threshold_attention`], [`save_attention_grid`]: the last block's [CLS] attention per head.
 - [`dino_image_processor`], [`save_model_with_processor`], [`extract_features`], [`load_backbone`]: pipeline-ready
   folders, feature files, and the backbone of any saved dino_hf folder.
@@ -27,11 +28,14 @@ from .features import (
 from .knn import knn_classify, knn_evaluate
 from .linear import (
     LinearClassifier,
+    LinearHeads,
     LinearProbeConfig,
     LinearProbeResult,
     evaluate_linear_probe,
     extract_linear_features,
+    extract_probe_features,
     train_linear_probe,
+    train_linear_probe_on_features,
     unpack_batch,
 )
 from .metrics import load_metric, top_k_accuracies
@@ -41,6 +45,7 @@ from .video_segmentation import boundary_f_measure, propagate_video, region_simi
 
 __all__ = [
     "LinearClassifier",
+    "LinearHeads",
     "LinearProbeConfig",
     "LinearProbeResult",
     "PCAWhitening",
@@ -56,6 +61,7 @@ __all__ = [
     "evaluate_retrieval_dataset",
     "extract_features",
     "extract_linear_features",
+    "extract_probe_features",
     "gem",
     "global_features",
     "knn_classify",
@@ -73,5 +79,6 @@ __all__ = [
     "threshold_attention",
     "top_k_accuracies",
     "train_linear_probe",
+    "train_linear_probe_on_features",
     "unpack_batch",
 ]

@@ -2,7 +2,8 @@
 
 - [`eval_batches`]: every image once, in order, with the paper's evaluation preprocessing (resize 256, center crop
   224, normalise), for k-NN, feature export and the linear probe's validation;
-- [`probe_train_batches`]: shuffled epochs with random-resized crops and flips, for training the linear probe.
+- [`probe_train_batches`]: shuffled epochs with random-resized crops and flips, for training the linear probe;
+- [`labelled_source`]: a split that must carry labels (k-NN, the linear probe).
 
 Decoding runs in DataLoader workers; resizing, cropping and normalising run batched on `device`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -21,8 +23,26 @@ from ..data import (
     MultiCropConfig,
     build_eval_loader,
     build_pretraining_loader,
+    load_image_dataset,
 )
 from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
+
+
+def labelled_source(
+    dataset_name: str,
+    split: str,
+    *,
+    data_files: Any = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> ImageSource:
+    """[`load_image_dataset`] of a split the evaluation needs labels for; a clear error when it has none."""
+    source = load_image_dataset(
+        dataset_name, split=split, data_files=data_files, image_column=image_column, label_column=label_column
+    )
+    if source.label_column is None:
+        raise ValueError(f"{dataset_name} ({split}) has no label column; pass --label_column.")
+    return source
 
 
 def eval_batches(
@@ -60,14 +80,18 @@ def eval_batches(
 
 
 def classification_crop_config(
-    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    scale: tuple[float, float] = (0.08, 1.0),
 ) -> MultiCropConfig:
-    """One random-resized crop (scale 0.08-1) and a horizontal flip, no colour changes: the reference's
-    `RandomResizedCrop(224)` + `RandomHorizontalFlip()` of linear evaluation and DeiT's geometric augmentation."""
+    """One random-resized crop (area `scale`, 0.08-1 by default) and a horizontal flip, no colour changes: the
+    reference's `RandomResizedCrop(224)` + `RandomHorizontalFlip()` of linear evaluation and DeiT's geometric
+    augmentation."""
     return MultiCropConfig(
         global_crops_number=1,
         global_crops_size=image_size,
-        global_crops_scale=(0.08, 1.0),
+        global_crops_scale=tuple(scale),
         local_crops_number=0,
         color_jitter_p=0.0,
         grayscale_p=0.0,
@@ -91,8 +115,10 @@ def probe_train_batches(
     rank: int = 0,
     world_size: int = 1,
     steps_per_epoch: int | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """`epoch -> (pixel_values, labels)` batches for the linear probe: random-resized crop (scale 0.08-1) and flip.
+    """`epoch -> (pixel_values, labels)` batches for the linear probe: random-resized crop (`crop_scale`, the
+    reference's 0.08-1 by default) and flip.
 
     The reference trains the probe with `RandomResizedCrop(224)` + `RandomHorizontalFlip()`; this is the same crop
     distribution with the pipeline's antialiased bicubic resampling. One epoch is `steps_per_epoch` batches
@@ -103,7 +129,7 @@ def probe_train_batches(
         if source.num_examples is None:
             raise ValueError("The dataset size is unknown: pass steps_per_epoch.")
         steps_per_epoch = max(1, source.num_examples // (batch_size * world_size))
-    augment = DinoMultiCropAugmentation(classification_crop_config(image_size, mean, std))
+    augment = DinoMultiCropAugmentation(classification_crop_config(image_size, mean, std, scale=crop_scale))
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
     stream = iter(
         build_pretraining_loader(
