@@ -7,13 +7,29 @@ dictionary, and Hugging Face conventions for the rest. Every default is the pape
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from .optimization import OPTIMIZERS
 
 
 def _help(text: str, **kwargs) -> dict:
     return {"metadata": {"help": text}, **kwargs}
+
+
+def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with every `*_token` entry replaced by `<NAME_TOKEN>`, as transformers' `TrainingArguments.to_dict`
+    does, so a Hub token never reaches a file, a log line, a tracker or a model card."""
+    return {k: f"<{k.upper()}>" if k.endswith("_token") else v for k, v in values.items()}
+
+
+def masked_arguments(*arguments: Any) -> dict[str, Any]:
+    """The fields of argument dataclasses merged into one dict, secrets masked ([`mask_secrets`]): what the run
+    writes into `trainer_state.json`, `training_summary.json`, the tracker's hyper-parameters and the model card."""
+    merged: dict[str, Any] = {}
+    for item in arguments:
+        merged.update(asdict(item))
+    return mask_secrets(merged)
 
 
 @dataclass
@@ -193,10 +209,24 @@ class DinoTrainingArguments:
         **_help("Also export the teacher backbone as a plain transformers ViTModel in <output_dir>/vit."),
     )
     push_to_hub: bool = field(default=False, **_help("Upload the exported model, processor and card to the Hub."))
-    hub_model_id: str | None = field(default=None, **_help("Hub repository for --push_to_hub (user/name)."))
+    hub_model_id: str | None = field(
+        default=None,
+        **_help(
+            "Hub repository for --push_to_hub (user/name); default: <your user name>/<name of --output_dir>, as the "
+            "Hugging Face Trainer. Created (or found) before the first step."
+        ),
+    )
     hub_private_repo: bool = field(default=False, **_help("Create the Hub repository as private."))
-    hub_token: str | None = field(default=None, **_help("Hub token (defaults to the logged-in one)."))
+    hub_token: str | None = field(
+        default=None,
+        **_help("Hub token (defaults to the logged-in one); never written to any file, log, tracker or model card."),
+    )
     progress_bar: bool = field(default=True, **_help("Show a tqdm progress bar."))
+
+    def __repr__(self) -> str:
+        # A printed or logged argument object must not show the token either.
+        fields = ", ".join(f"{k}={v!r}" for k, v in masked_arguments(self).items())
+        return f"{type(self).__name__}({fields})"
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:

@@ -10,19 +10,28 @@ Also a CLI to export any checkpoint: `python -m dino_hf.training.export outputs/
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from PIL import Image
+
 from ..configuration_dino import DinoConfig
-from ..modeling_dino import DinoForSelfDistillation
+from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
+from .arguments import mask_secrets, masked_arguments
+from .hub import create_hub_repo, upload_to_hub
 
 
 logger = logging.getLogger(__name__)
 
 EXPORT_DIRNAME = "export"
+TRAINING_CURVES_FILENAME = "training_curves.png"
+ATTENTION_FILENAME = "attention_maps.png"
 
 
 def export_pretrained(
@@ -33,8 +42,14 @@ def export_pretrained(
     training_summary: dict[str, Any] | None = None,
     export_vit_model: bool = False,
     export_dirname: str = EXPORT_DIRNAME,
+    training_curves: str | Path | None = None,
+    attention_image: Image.Image | None = None,
 ) -> Path:
-    """Write the teacher backbone, its image processor and a model card to `output_dir/export_dirname`."""
+    """Write the teacher backbone, its image processor and a model card to `output_dir/export_dirname`.
+
+    `training_curves` (a PNG, e.g. from `plot_history`) is copied next to the model and `attention_image` becomes
+    `attention_maps.png` (the exported teacher's last-block attention); the card shows both.
+    """
     from ..evaluation.features import dino_image_processor
 
     target = Path(output_dir) / export_dirname
@@ -52,39 +67,111 @@ def export_pretrained(
 
         to_vit_model(backbone).save_pretrained(target / "vit")
         processor.save_pretrained(target / "vit")
-    (target / "README.md").write_text(model_card(model.config, training_summary or {}))
+    pictures = {}
+    if training_curves is not None:
+        pictures["Training curves"] = TRAINING_CURVES_FILENAME
+        shutil.copyfile(training_curves, target / TRAINING_CURVES_FILENAME)
+    if attention_image is not None and model.config.backbone == "vit":  # a ResNet has no attention to show
+        save_attention_picture(backbone, attention_image, target / ATTENTION_FILENAME, **normalisation)
+        pictures["Self-attention of the last block ([CLS] token, every head; below: 60% of the mass)"] = (
+            ATTENTION_FILENAME
+        )
+    model_card(model.config, training_summary or {}, pictures).save(target / "README.md")
     if training_summary:
         (target / "training_summary.json").write_text(json.dumps(training_summary, indent=2, default=str))
     logger.info("Exported the teacher backbone to %s", target)
     return target
 
 
-def model_card(config: DinoConfig, summary: dict[str, Any]) -> str:
-    """A model card with the training set-up, the final metrics and a usage snippet."""
+def save_attention_picture(backbone: DinoViTModel, image: Image.Image, path: Path, **normalisation) -> Path:
+    """The backbone's last-block attention maps of `image` (shorter side resized to the model's image size)."""
+    from ..evaluation.attention import attention_maps, prepare_image, save_attention_grid, threshold_attention
+
+    image, pixels = prepare_image(image, backbone.config.image_size, backbone.config.patch_size, **normalisation)
+    maps = attention_maps(backbone, pixels)[0].float()
+    save_attention_grid(image, maps, threshold_attention(maps, 0.6), path)
+    return path
+
+
+def first_image(source) -> Image.Image:
+    """The first image of an `ImageSource` (in storage order), decoded."""
+    record = next(iter(source.dataset))[source.image_column]
+    data = record.get("bytes") if isinstance(record, dict) else None
+    path = record.get("path") if isinstance(record, dict) else None
+    image = Image.open(io.BytesIO(data)) if data else Image.open(path)
+    return image.convert("RGB")
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` when it can be a Hub repository id (not a local path, not the embedded dataset), else None."""
+    if not name or name == "embedded" or Path(name).exists() or name.startswith((".", "/", "~")):
+        return None
+    return name
+
+
+def model_card(
+    config: DinoConfig, summary: dict[str, Any], pictures: dict[str, str] | None = None, license: str = "apache-2.0"
+) -> ModelCard:
+    """The model card (`huggingface_hub.ModelCard`): metadata (license, library, pipeline tag, datasets, base model,
+    a model-index with the k-NN top-1 when the run measured it), training set-up, pictures, hyper-parameters, usage.
+
+    `summary` is what [`training_summary`] returns (its `args` already have their secrets masked; they are masked
+    again here); `pictures` maps captions to file names next to the card.
+    """
+    repo = summary.get("hub_model_id") or "path/to/this/folder"
+    name = repo.split("/")[-1] if summary.get("hub_model_id") else f"dino-{summary.get('arch', 'vit')}"
+    dataset = _hub_id(summary.get("dataset_name"))
+    knn = summary.get("knn") or {}
+    knn_top1 = summary.get("final_metrics", {}).get("knn_top1")
+    eval_results = None
+    if knn_top1 is not None:
+        knn_dataset = knn.get("dataset") or summary.get("dataset_name", "unknown")
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name=f"k-NN classification (k={knn.get('k', '?')}, frozen features)",
+                dataset_type=_hub_id(knn_dataset) or knn_dataset,
+                dataset_name=knn_dataset,
+                dataset_split=knn.get("split"),
+                metric_type="accuracy",
+                metric_name="k-NN top-1",
+                metric_value=round(100 * float(knn_top1), 2),
+            )
+        ]
+    data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-feature-extraction",
+        datasets=[dataset] if dataset else None,
+        base_model=_hub_id(summary.get("base_model")),
+        model_name=name,
+        eval_results=eval_results,
+        tags=["dino", "self-supervised-learning", "vision-transformer", "dino_hf"],
+    )
+    body = _card_body(config, summary, pictures or {}, repo)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _card_body(config: DinoConfig, summary: dict[str, Any], pictures: dict[str, str], repo: str) -> str:
     metrics = summary.get("final_metrics", {})
     metric_rows = "\n".join(
         f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
     )
-    arch = summary.get("arch", "custom")
-    repo = summary.get("hub_model_id") or "path/to/this/folder"
-    return f"""---
-library_name: transformers
-pipeline_tag: image-feature-extraction
-tags:
-- dino
-- self-supervised-learning
-- vision-transformer
-- dino_hf
----
+    args = mask_secrets(summary.get("args") or {})
+    arg_rows = "\n".join(f"| {k} | `{v}` |" for k, v in sorted(args.items()))
+    figures = "\n\n".join(f"{caption}:\n\n![{caption}]({file})" for caption, file in pictures.items())
+    base = f"| started from | {summary['base_model']} |\n" if summary.get("base_model") else ""
+    return f"""
+{_architecture_section(config, summary.get("arch", "custom"))}| DINO head prototypes (training only) | {config.out_dim} |
 
-{_architecture_section(config, arch)}| DINO head prototypes (training only) | {config.out_dim} |
+{figures}
 
 ## Training
 
 | | |
 |---|---|
 | dataset | {summary.get("dataset_name", "unknown")} |
-| steps | {summary.get("global_step", "unknown")} |
+{base}| steps | {summary.get("global_step", "unknown")} |
 | processes x batch per process | {summary.get("world_size", "?")} x {summary.get("per_device_train_batch_size", "?")} |
 | schedule length (epochs) | {summary.get("epochs", "?")} |
 | crops | {summary.get("crops", "?")} |
@@ -94,6 +181,15 @@ Final metrics:
 | metric | value |
 |---|---|
 {metric_rows or "| (none) | |"}
+
+<details>
+<summary>Hyper-parameters (every flag of the run)</summary>
+
+| flag | value |
+|---|---|
+{arg_rows or "| (not recorded) | |"}
+
+</details>
 
 ## Usage
 
@@ -144,19 +240,101 @@ A Vision Transformer pretrained with DINO (self-distillation with no labels, Car
 """
 
 
-def push_to_hub(folder: str | Path, repo_id: str | None, *, token: str | None = None, private: bool = False) -> str:
-    """Create (if needed) the Hub repository and upload the exported folder: model, processor and card."""
-    from huggingface_hub import HfApi
+def push_to_hub(
+    folder: str | Path, repo_id: str | None = None, *, token: str | None = None, private: bool = False
+) -> str:
+    """Create (or find) the Hub repository and upload the exported folder: model, processor, card and pictures.
 
-    if not repo_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/dino-vits16).")
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), commit_message="Upload DINO model trained with dino_hf"
+    `repo_id` defaults to `<user>/<folder name>` (see [`create_hub_repo`]).
+    """
+    repo_id = create_hub_repo(folder, repo_id, token=token, private=private)
+    return upload_to_hub(folder, repo_id, token=token)
+
+
+def training_summary(
+    model_args: Any,
+    data_args: Any,
+    training_args: Any,
+    result: Any,
+    world_size: int,
+    hub_model_id: str | None = None,
+    base_model: str | None = None,
+) -> dict[str, Any]:
+    """What `training_summary.json` and the model card say about a run (every `*_token` masked). `base_model`: what
+    the run started from (a Hub id for a released model), default `--model_name_or_path`."""
+    return {
+        "hub_model_id": hub_model_id or training_args.hub_model_id,
+        "arch": model_args.arch,
+        "patch_size": model_args.patch_size,
+        "base_model": base_model or getattr(model_args, "model_name_or_path", None),
+        "dataset_name": data_args.dataset_name,
+        "global_step": result.global_step,
+        "world_size": world_size,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "epochs": training_args.epochs,
+        "crops": f"2x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
+        "final_metrics": result.final_metrics,
+        "knn": {
+            "dataset": data_args.knn_dataset_name or data_args.dataset_name,
+            "split": data_args.knn_eval_split,
+            "k": data_args.knn_k,
+        },
+        "args": masked_arguments(model_args, data_args, training_args),
+    }
+
+
+def validation_image(data_args: Any) -> Image.Image | None:
+    """The first image of the k-NN evaluation split (the validation split by default), for the card's attention
+    picture; None, with a warning, when it cannot be read."""
+    from ..data import load_image_dataset
+
+    same_dataset = data_args.knn_dataset_name is None
+    try:
+        source = load_image_dataset(
+            data_args.knn_dataset_name or data_args.dataset_name,
+            split=data_args.knn_eval_split,
+            data_files=data_args.data_files if same_dataset else None,
+            streaming=data_args.streaming,
+            image_column=data_args.image_column if same_dataset else None,
+            embedded_options=data_args.embedded_options_dict() if same_dataset else None,
+        )
+        return first_image(source)
+    except Exception as error:
+        logger.warning(
+            "The model card gets no attention picture: no image in split %r (%s).", data_args.knn_eval_split, error
+        )
+        return None
+
+
+def publish_run(
+    model: DinoForSelfDistillation,
+    output_dir: Path,
+    *,
+    history: list[dict],
+    summary: dict[str, Any],
+    crop_config: Any,
+    data_args: Any,
+    training_args: Any,
+    hub_model_id: str | None,
+) -> Path:
+    """The end of a run, on the main process: training curves, export (card with pictures), upload when asked."""
+    from .plots import plot_history
+
+    curves = plot_history(history, output_dir / TRAINING_CURVES_FILENAME)
+    if curves is not None:
+        logger.info("Training curves: %s", curves)
+    export_dir = export_pretrained(
+        model,
+        output_dir,
+        crop_config=crop_config,
+        training_summary=summary,
+        export_vit_model=training_args.export_vit_model,
+        training_curves=curves,
+        attention_image=validation_image(data_args) if model.config.backbone == "vit" else None,
     )
-    logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
-    return repo_id
+    if hub_model_id:
+        upload_to_hub(export_dir, hub_model_id, token=training_args.hub_token)
+    return export_dir
 
 
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, export_vit_model: bool = False) -> Path:

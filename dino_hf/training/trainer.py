@@ -31,7 +31,9 @@ from ..data import (
 )
 from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from . import checkpointing as ckpt
-from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
+from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments, masked_arguments
+from .export import publish_run, training_summary
+from .hub import prepare_hub_repo, run_on_main_process
 from .initialization import initial_model
 from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError, non_finite_error
 from .optimization import create_optimizer
@@ -150,6 +152,8 @@ def pretrain(
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    # Log in and create the Hub repository now: a publishing problem must stop the run before training, not after.
+    hub_model_id = prepare_hub_repo(accelerator, training_args, output_dir) if training_args.push_to_hub else None
 
     source = load_image_dataset(
         data_args.dataset_name,
@@ -241,7 +245,7 @@ def pretrain(
     )
 
     if report_to:
-        hyperparameters = {**asdict(model_args), **asdict(data_args), **asdict(training_args)}
+        hyperparameters = masked_arguments(model_args, data_args, training_args)
         # Trackers such as TensorBoard take only scalars and strings as hyper-parameters.
         hyperparameters = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()
@@ -404,32 +408,24 @@ def pretrain(
         data_stats=data_stats.total.to_dict(),
         model=dino,
     )
-    if accelerator.is_main_process:
-        from .export import export_pretrained, push_to_hub
-        from .plots import plot_history
-
-        curves = plot_history(history, output_dir / "training_curves.png")
-        if curves is not None:
-            logger.info("Training curves: %s", curves)
-
-        result.export_dir = export_pretrained(
+    summary = training_summary(
+        model_args, data_args, training_args, result, world_size, hub_model_id, base_model=start.base_model
+    )
+    # Export and upload on the main process; a failure there raises on every process instead of hanging them.
+    result.export_dir = run_on_main_process(
+        accelerator,
+        lambda: publish_run(
             dino,
             output_dir,
+            history=history,
+            summary=summary,
             crop_config=crop_config,
-            training_summary={
-                **_training_summary(model_args, data_args, training_args, result, world_size),
-                "base_model": start.base_model,
-            },
-            export_vit_model=training_args.export_vit_model,
-        )
-        if training_args.push_to_hub:
-            push_to_hub(
-                result.export_dir,
-                training_args.hub_model_id,
-                token=training_args.hub_token,
-                private=training_args.hub_private_repo,
-            )
-    accelerator.wait_for_everyone()
+            data_args=data_args,
+            training_args=training_args,
+            hub_model_id=hub_model_id,
+        ),
+        "Exporting (and uploading) the model",
+    )
     accelerator.end_training()
     return result
 
@@ -469,7 +465,7 @@ def _save_checkpoint(
             "stream_states": stream_states,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "history": history,
-            "args": asdict(training_args),
+            "args": masked_arguments(training_args),
             **extra_state,
         }
         path = ckpt.finish_checkpoint(output_dir, global_step, trainer_state, training_args.save_total_limit)
@@ -513,25 +509,3 @@ class _DataStatsLog:
         if self.total.skipped > self._reported_skipped:
             logger.warning("Data: %s", self.total.summary())
             self._reported_skipped = self.total.skipped
-
-
-def _training_summary(
-    model_args: DinoModelArguments,
-    data_args: DinoDataArguments,
-    training_args: DinoTrainingArguments,
-    result: PretrainingResult,
-    world_size: int,
-) -> dict[str, Any]:
-    return {
-        "hub_model_id": training_args.hub_model_id,
-        "arch": model_args.arch,
-        "patch_size": model_args.patch_size,
-        "dataset_name": data_args.dataset_name,
-        "global_step": result.global_step,
-        "world_size": world_size,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "epochs": training_args.epochs,
-        "crops": f"2x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
-        "final_metrics": result.final_metrics,
-        "args": {**asdict(model_args), **asdict(data_args), **asdict(training_args)},
-    }

@@ -1,4 +1,7 @@
-"""The pretraining loop end to end on the embedded dataset: export, exact resume, NaN stop, collapse warning, Hub."""
+"""The pretraining loop end to end on the embedded dataset: export, exact resume, NaN stop, collapse warning.
+
+Publishing to the Hub: test_publishing.py.
+"""
 
 import json
 import logging
@@ -147,46 +150,6 @@ def test_collapse_warning_when_the_teacher_is_uniform(tmp_path, embedded_cache, 
     with caplog.at_level(logging.WARNING, logger="dino_hf"):
         pretrain(*args)
     assert "Possible collapse" in caplog.text and "uniform" in caplog.text
-
-
-def test_push_to_hub_uploads_model_processor_and_card(tmp_path, embedded_cache, monkeypatch):
-    calls = {}
-
-    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
-        calls["create_repo"] = {"repo_id": repo_id, "private": private}
-        return type("RepoUrl", (), {"repo_id": repo_id})()
-
-    def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):
-        from pathlib import Path
-
-        folder = Path(folder_path)
-        calls["upload_folder"] = {
-            "repo_id": repo_id,
-            "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
-            "card": (folder / "README.md").read_text(),
-        }
-
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    args = tiny_run(
-        tmp_path, embedded_cache, training={"push_to_hub": True, "hub_model_id": "someone/dino-tiny", "max_steps": 2}
-    )
-    pretrain(*args)
-    assert calls["create_repo"] == {"repo_id": "someone/dino-tiny", "private": False}
-    uploaded = calls["upload_folder"]
-    assert uploaded["repo_id"] == "someone/dino-tiny"
-    for name in (
-        "README.md",
-        "config.json",
-        "configuration_dino.py",
-        "model.safetensors",
-        "modeling_dino.py",
-        "preprocessor_config.json",
-    ):
-        assert name in uploaded["files"], name
-    assert "someone/dino-tiny" in uploaded["card"] and "| steps | 2 |" in uploaded["card"]
 
 
 def test_metrics_reach_tensorboard(tmp_path, embedded_cache):
