@@ -1,4 +1,5 @@
-"""The example CLIs run end to end on a tiny model and a tiny local copy of the embedded dataset."""
+"""The CLIs (`dino_hf.cli`, wrapped by `examples/`) run end to end on a tiny model and a tiny copy of the embedded
+dataset."""
 
 import importlib.util
 import json
@@ -11,6 +12,8 @@ import yaml
 from conftest import tiny_config
 
 from dino_hf import DinoViTModel
+from dino_hf.cli import extract_features, knn_eval
+from dino_hf.cli import pretrain as pretrain_cli
 from dino_hf.data.synthetic import embedded_dataset_files
 from dino_hf.evaluation import load_features, save_model_with_processor
 from dino_hf.evaluation.features import dino_image_processor
@@ -45,7 +48,7 @@ def model_folder(tmp_path_factory):
 
 def test_knn_eval(dataset_folder, model_folder, tmp_path):
     out = tmp_path / "knn.json"
-    results = load_example("knn_eval").main(
+    results = knn_eval.main(
         [
             "--model_name_or_path",
             str(model_folder),
@@ -66,7 +69,7 @@ def test_knn_eval(dataset_folder, model_folder, tmp_path):
 
 
 def test_extract_features_parquet_and_safetensors(dataset_folder, model_folder, tmp_path):
-    example = load_example("extract_features")
+    example = extract_features
     for name in ("features.parquet", "features.safetensors"):
         example.main(
             [
@@ -127,7 +130,7 @@ def test_linear_eval_cached_features(dataset_folder, model_folder, tmp_path, cap
 def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"lr": 0.001, "arch": "vit_base", "local_crops_scale": [0.1, 0.3]}))
-    parse = load_example("pretrain").parse_arguments
+    parse = pretrain_cli.parse_arguments
     model_args, data_args, training_args, demo = parse(["--config", str(config), "--lr", "0.002"])
     assert not demo and training_args.lr == 0.002 and model_args.arch == "vit_base"
     assert data_args.local_crops_scale == [0.1, 0.3]
@@ -139,7 +142,7 @@ def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):
 
 def test_pretrain_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
-        load_example("pretrain").parse_arguments(["--help"])
+        pretrain_cli.parse_arguments(["--help"])
     text = capsys.readouterr().out
     for flag in (
         "--momentum_teacher",
@@ -167,11 +170,10 @@ def test_visualize_attention_example_writes_a_png(model_folder, tmp_path):
 )
 def test_demo_recipe_beats_random_features_by_ten_points(tmp_path):
     """The README's claim: `python examples/pretrain.py` with no arguments lifts k-NN by at least 10 points."""
-    pretrain_example = load_example("pretrain")
-    model_args, data_args, training_args, demo = pretrain_example.parse_arguments([])
+    model_args, data_args, training_args, demo = pretrain_cli.parse_arguments([])
     assert demo
     training_args.output_dir = str(tmp_path / "demo")
     training_args.progress_bar = False
-    result = pretrain_example.pretrain(model_args, data_args, training_args)
+    result = pretrain_cli.pretrain(model_args, data_args, training_args)
     knn = [record["knn_top1"] for record in result.history if "knn_top1" in record]
     assert len(knn) == 2 and knn[1] >= knn[0] + 0.10, knn

@@ -4,12 +4,11 @@ The folder holds `config.json`, `model.safetensors`, the modeling code for `trus
 `preprocessor_config.json` (the paper's evaluation preprocessing with the training normalisation) and a model card
 (`README.md`). Optionally `vit/` holds the same weights as a plain transformers `ViTModel`.
 
-Also a CLI to export any checkpoint: `python -m dino_hf.training.export outputs/dino/checkpoint-1000 exported/`.
+The CLI to export any checkpoint is `dino-hf-export outputs/dino/checkpoint-1000 exported/` ([`dino_hf.cli.export`]).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -337,7 +336,9 @@ def publish_run(
     return export_dir
 
 
-def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, export_vit_model: bool = False) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path, output_dir: str | Path, export_vit_model: bool = False, hub_model_id: str | None = None
+) -> Path:
     """Export the teacher backbone of a training checkpoint folder (written by the trainer)."""
     from . import checkpointing as ckpt
 
@@ -346,7 +347,12 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, export_vit
     config = DinoConfig.from_dict(state["model_config"])
     model = DinoForSelfDistillation(config)
     model.load_state_dict(ckpt.load_model_state(checkpoint))
-    summary = {"global_step": state["global_step"], "final_metrics": (state.get("history") or [{}])[-1]}
+    summary = {
+        "global_step": state["global_step"],
+        "final_metrics": (state.get("history") or [{}])[-1],
+        "hub_model_id": hub_model_id,
+        "args": mask_secrets(state.get("args") or {}),
+    }
     crops = state.get("multicrop_config")
     normalisation = SimpleNamespace(mean=crops["mean"], std=crops["std"]) if crops else None
     return export_pretrained(
@@ -359,22 +365,18 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, export_vit
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export the teacher backbone of a dino_hf training checkpoint.")
-    parser.add_argument("checkpoint", help="A checkpoint-<step> folder (or 'latest' with --output_dir of the run).")
-    parser.add_argument("output_dir", help="Where to write the model folder.")
-    parser.add_argument("--export_vit_model", action="store_true", help="Also write a plain ViTModel in vit/.")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id")
-    args = parser.parse_args(argv)
-    folder = export_checkpoint(args.checkpoint, args.output_dir, args.export_vit_model)
-    if args.push_to_hub:
-        push_to_hub(folder, args.hub_model_id)
-    print(folder)
+if __name__ == "__main__":  # `python -m dino_hf.training.export`, kept from earlier versions
+    from ..cli.export import main
 
-
-if __name__ == "__main__":
     main()
 
 
-__all__ = ["export_checkpoint", "export_pretrained", "model_card", "push_to_hub"]
+__all__ = [
+    "export_checkpoint",
+    "export_pretrained",
+    "model_card",
+    "publish_run",
+    "push_to_hub",
+    "save_attention_picture",
+    "training_summary",
+]

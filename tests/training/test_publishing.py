@@ -12,6 +12,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import torch
 from conftest import tiny_config
 from huggingface_hub import ModelCard
 from test_pretrain import tiny_run
@@ -228,3 +229,23 @@ def test_a_main_process_failure_raises_on_every_process_without_hanging(tmp_path
     assert outcomes[1] == (
         "ok 'alice/run'|raised HubPublishingError: Uploading failed on the main process: RuntimeError: upload refused"
     )
+
+
+def test_export_cli_creates_the_repo_first_then_exports_and_uploads(tmp_path, embedded_cache, monkeypatch):
+    from dino_hf import DinoViTModel
+    from dino_hf.cli.export import main as export_main
+    from dino_hf.training import checkpointing as ckpt
+
+    result = pretrain(*tiny_run(tmp_path / "run", embedded_cache, training={"max_steps": 1}))
+    hub = FakeHub(monkeypatch, user="alice")
+    folder = export_main([str(ckpt.resolve_checkpoint("latest", tmp_path / "run")), str(tmp_path / "dino-tiny")])
+    assert hub.events == []  # no --push_to_hub, no Hub call
+    export_main([str(tmp_path / "run" / "checkpoint-1"), str(tmp_path / "dino-tiny"), "--push_to_hub"])
+    assert hub.events == ["whoami", "create_repo", "upload_folder"]
+    assert hub.created["repo_id"] == hub.uploaded["repo_id"] == "alice/dino-tiny"
+    card = ModelCard(hub.uploaded["files"]["README.md"].decode())
+    assert card.data.pipeline_tag == "image-feature-extraction" and "alice/dino-tiny" in card.text
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = result.model.teacher.backbone.eval()(pixels).pooler_output
+        torch.testing.assert_close(DinoViTModel.from_pretrained(folder).eval()(pixels).pooler_output, expected)
