@@ -1,6 +1,7 @@
 # Hugging Face-style targets. Each one installs what it needs into the active Python environment.
 PYTHON ?= python
-# CPU build of torch on machines without one; a torch you already have (e.g. a CUDA build) is kept.
+# CPU build of torch on machines without one; a torch you already have (e.g. a CUDA build, 2.6 or newer: the floor in
+# setup.cfg) is kept, because `pip install -e .` only upgrades a torch below that floor.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install install-dev test quality style demo
