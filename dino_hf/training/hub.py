@@ -102,7 +102,8 @@ def run_on_main_process(accelerator: Any, function: Callable[[], T], description
 
     The main process runs `function` and broadcasts `(result, error message)`; the others wait in that broadcast
     (instead of a barrier the main process might never reach) and raise [`HubPublishingError`] with the main
-    process's message when it failed. The main process re-raises the original exception.
+    process's message when it failed. The main process re-raises the original exception. All processes pass a
+    barrier after the broadcast, so they return (or raise) together.
     """
     outcome: list[Any] = [None, None]
     failure: BaseException | None = None
@@ -116,6 +117,9 @@ def run_on_main_process(accelerator: Any, function: Callable[[], T], description
         from accelerate.utils import broadcast_object_list
 
         broadcast_object_list(outcome, from_process=0)
+        # Everyone has the outcome; leave together (a process that tears down its process group while another is
+        # still using it can hang in gloo's destructor, seen with torch 2.6).
+        accelerator.wait_for_everyone()
     if failure is not None:
         raise failure
     if outcome[1] is not None:
