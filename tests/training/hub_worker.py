@@ -22,8 +22,7 @@ def main(output_dir: str) -> None:
         run_on_main_process(accelerator, upload, "Uploading")
     except Exception as error:
         seen.append(f"raised {type(error).__name__}: {error}")
-        (Path(output_dir) / f"rank{accelerator.process_index}.txt").write_text("|".join(seen))
-        raise
+    (Path(output_dir) / f"rank{accelerator.process_index}.txt").write_text("|".join(seen))
 
 
 if __name__ == "__main__":

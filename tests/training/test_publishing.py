@@ -4,10 +4,6 @@ Only the `HfApi` boundary (`whoami`, `create_repo`, `upload_folder`) is faked.
 """
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -16,6 +12,7 @@ import torch
 from conftest import tiny_config
 from huggingface_hub import ModelCard
 from test_pretrain import tiny_run
+from torchrun_helpers import run_two_processes
 
 from dino_hf.training import DinoTrainingArguments, pretrain
 from dino_hf.training.arguments import mask_secrets
@@ -195,35 +192,9 @@ def test_upload_failure_raises(tmp_path, embedded_cache, monkeypatch):
     assert (tmp_path / "export" / "model.safetensors").exists()  # the export is kept for a later upload
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_main_process_failure_raises_on_every_process_without_hanging(tmp_path):
     """Two CPU processes (gloo): the main process's failure reaches the other one, which would otherwise wait."""
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(Path(__file__).parent / "hub_worker.py"),
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode != 0
+    run_two_processes(Path(__file__).parent / "hub_worker.py", str(tmp_path))
     outcomes = {rank: (tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
     assert outcomes[0] == "ok 'alice/run'|raised RuntimeError: upload refused"
     assert outcomes[1] == (
