@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..training.export import export_checkpoint
-from ..training.hub import create_hub_repo, upload_to_hub
+from ..training.publishing import create_hub_repo, upload_to_hub
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -23,7 +23,7 @@ from PIL import Image
 from ..configuration_dino import DinoConfig
 from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
 from .arguments import mask_secrets, masked_arguments
-from .hub import create_hub_repo, upload_to_hub
+from .publishing import create_hub_repo, upload_to_hub
 
 
 logger = logging.getLogger(__name__)

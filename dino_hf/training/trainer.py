@@ -33,11 +33,11 @@ from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments, masked_arguments
 from .export import publish_run, training_summary
-from .hub import prepare_hub_repo, run_on_main_process
 from .initialization import initial_model
 from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError, non_finite_error
 from .optimization import create_optimizer
 from .performance import compile_blocks
+from .publishing import prepare_hub_repo, run_on_main_process
 from .schedules import DinoSchedules
 from .step import DinoTrainingStep, resolve_gradient_accumulation_steps
 

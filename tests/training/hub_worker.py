@@ -6,7 +6,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dino_hf.training.hub import run_on_main_process
+from dino_hf.training.publishing import run_on_main_process
 
 
 def main(output_dir: str) -> None:

@@ -17,7 +17,7 @@ from torchrun_helpers import run_two_processes
 from dino_hf.training import DinoTrainingArguments, pretrain
 from dino_hf.training.arguments import mask_secrets
 from dino_hf.training.export import model_card
-from dino_hf.training.hub import HubPublishingError, default_repo_id
+from dino_hf.training.publishing import HubPublishingError, default_repo_id
 
 
 SECRET = "hf_dinoSecretToken0123456789abcdefXYZ"
