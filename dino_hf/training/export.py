@@ -102,8 +102,8 @@ def first_image(source) -> Image.Image:
 
 
 def _hub_id(name: str | None) -> str | None:
-    """`name` when it can be a Hub repository id (not a local path, not the embedded dataset), else None."""
-    if not name or name == "embedded" or Path(name).exists() or name.startswith((".", "/", "~")):
+    """`name` when it can be a Hub repository id (not a local path or URL, not the embedded dataset), else None."""
+    if not name or name == "embedded" or "://" in name or Path(name).exists() or name.startswith((".", "/", "~")):
         return None
     return name
 

@@ -165,6 +165,8 @@ def test_card_metadata_names_the_hub_dataset_and_the_base_model():
     assert data["datasets"] == ["timm/imagenet-1k-wds"] and data["base_model"] == "facebook/dino-vits16"
     assert "model-index" not in data  # no k-NN measured
     assert SECRET not in str(card) and "<HUB_TOKEN>" in card.text
+    from_url = model_card(tiny_config(), {**summary, "base_model": "https://dl.fbaipublicfiles.com/dino/x.pth"})
+    assert "base_model" not in from_url.data.to_dict() and "dl.fbaipublicfiles.com" in from_url.text
 
 
 def test_default_repo_id_is_the_output_folder_under_the_user():
