@@ -3,8 +3,8 @@ main-process-only work with every process, upload at the end.
 
 - [`create_hub_repo`]: `HfApi.whoami` (fails early without a valid login), the default repository id
   `<user>/<output folder name>` (as the HF Trainer), `create_repo(exist_ok=True)`.
-- [`run_on_main_process`]: run a function on the main process only and give every process its result, or raise its
-  error on every process, so a failed upload never leaves the other processes waiting at a barrier.
+- [`run_on_main_process`]: run a function on the main process only and raise its error on every process, so a
+  failed upload never leaves the other processes waiting at a barrier.
 - [`upload_to_hub`]: upload an exported folder.
 
 Tokens are only passed to `HfApi`; error messages are scrubbed of them before they are raised or logged.
@@ -69,8 +69,9 @@ def create_hub_repo(
     return repo_id
 
 
-def prepare_hub_repo(accelerator: Any, training_args: Any, output_dir: str | Path) -> str:
-    """[`create_hub_repo`] on the main process before training; every process gets the id or raises its error."""
+def prepare_hub_repo(accelerator: Any, training_args: Any, output_dir: str | Path) -> str | None:
+    """[`create_hub_repo`] on the main process before training: the repository id there (None on the other
+    processes, which upload nothing); its error raised on every process."""
     return run_on_main_process(
         accelerator,
         lambda: create_hub_repo(
@@ -97,34 +98,49 @@ def upload_to_hub(folder: str | Path, repo_id: str, *, token: str | None = None)
     return repo_id
 
 
-def run_on_main_process(accelerator: Any, function: Callable[[], T], description: str) -> T:
-    """`function()` on the main process; every process returns its (picklable) result or raises its error.
+def run_on_main_process(accelerator: Any, function: Callable[[], T], description: str) -> T | None:
+    """`function()` on the main process only; its error, if any, is raised on every process.
 
-    The main process runs `function` and broadcasts `(result, error message)`; the others wait in that broadcast
-    (instead of a barrier the main process might never reach) and raise [`HubPublishingError`] with the main
-    process's message when it failed. The main process re-raises the original exception. All processes pass a
-    barrier after the broadcast, so they return (or raise) together.
+    The main process runs `function` and broadcasts its error message (empty on success); the others wait in that
+    broadcast (instead of a barrier the main process might never reach) and raise [`HubPublishingError`] with the
+    message when it failed. The main process re-raises the original exception and returns the result; the others
+    return None. All processes then pass a barrier, so they return (or raise) together.
     """
-    outcome: list[Any] = [None, None]
-    failure: BaseException | None = None
+    result, failure = None, None
     if accelerator.is_main_process:
         try:
-            outcome[0] = function()
+            result = function()
         except Exception as error:
             failure = error
-            outcome[1] = f"{type(error).__name__}: {error}"
+    message = f"{type(failure).__name__}: {failure}" if failure is not None else None
     if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(outcome, from_process=0)
-        # Everyone has the outcome; leave together (a process that tears down its process group while another is
-        # still using it can hang in gloo's destructor, seen with torch 2.6).
+        message = _broadcast_message(accelerator, message)
         accelerator.wait_for_everyone()
     if failure is not None:
         raise failure
-    if outcome[1] is not None:
-        raise HubPublishingError(f"{description} failed on the main process: {outcome[1]}")
-    return outcome[0]
+    if message is not None:
+        raise HubPublishingError(f"{description} failed on the main process: {message}")
+    return result
+
+
+def _broadcast_message(accelerator: Any, message: str | None, size: int = 4096) -> str | None:
+    """The main process's `message` on every process, as a fixed-size byte tensor (first byte: 1 if there is one).
+
+    A plain tensor broadcast: with `broadcast_object_list` instead, a two-process gloo run hung in about one of four
+    tries in the process group's destructor at exit (torch 2.6).
+    """
+    import torch
+    from accelerate.utils import broadcast
+
+    data = torch.zeros(size + 1, dtype=torch.uint8)
+    if message is not None:
+        encoded = message.encode()[:size]
+        data[0] = 1
+        data[1 : 1 + len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+    data = broadcast(data.to(accelerator.device), from_process=0).cpu()
+    if not int(data[0]):
+        return None
+    return bytes(data[1:].tolist()).rstrip(b"\0").decode(errors="replace")
 
 
 __all__ = [

@@ -1,5 +1,5 @@
-"""Run by `torchrun --nproc_per_node 2` from test_publishing.py: `run_on_main_process` shares the main process's
-result, then its failure, with the other process. Each process writes what it saw to `rank<N>.txt`."""
+"""Run by `torchrun --nproc_per_node 2` from test_publishing.py: `run_on_main_process` returns the main process's
+result there (None on the other), then raises its failure on both. Each process writes what it saw to `rank<N>.txt`."""
 
 import sys
 from pathlib import Path

@@ -200,7 +200,7 @@ def test_a_main_process_failure_raises_on_every_process_without_hanging(tmp_path
     outcomes = {rank: (tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
     assert outcomes[0] == "ok 'alice/run'|raised RuntimeError: upload refused"
     assert outcomes[1] == (
-        "ok 'alice/run'|raised HubPublishingError: Uploading failed on the main process: RuntimeError: upload refused"
+        "ok None|raised HubPublishingError: Uploading failed on the main process: RuntimeError: upload refused"
     )
 
 
