@@ -3,6 +3,7 @@
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -25,7 +26,9 @@ def test_console_scripts_are_installed_and_point_at_the_cli_modules():
     for name, target in CONSOLE_SCRIPTS.items():
         assert name in scripts, f"{name} missing: reinstall with `pip install -e .[dev]`"
         assert scripts[name].value == target
-        assert callable(scripts[name].load())
+        main = scripts[name].load()
+        # A console script exits with main()'s value: anything but None (or an int) would print it and exit 1.
+        assert inspect.signature(main).return_annotation in (None, "None"), name
         # The executable lies next to the interpreter of the environment the package is installed in.
         assert (Path(sys.executable).parent / name).exists(), name
 

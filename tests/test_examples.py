@@ -48,7 +48,7 @@ def model_folder(tmp_path_factory):
 
 def test_knn_eval(dataset_folder, model_folder, tmp_path):
     out = tmp_path / "knn.json"
-    results = knn_eval.main(
+    results = knn_eval.run(
         [
             "--model_name_or_path",
             str(model_folder),
@@ -71,7 +71,7 @@ def test_knn_eval(dataset_folder, model_folder, tmp_path):
 def test_extract_features_parquet_and_safetensors(dataset_folder, model_folder, tmp_path):
     example = extract_features
     for name in ("features.parquet", "features.safetensors"):
-        example.main(
+        example.run(
             [
                 "--model_name_or_path",
                 str(model_folder),

@@ -17,7 +17,13 @@ from ..training.export import export_checkpoint
 from ..training.publishing import create_hub_repo, upload_to_hub
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: [`run`], returning None (a console script exits with `main()`'s value)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> Path:
+    """Parse the flags and run. The exported model folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="A checkpoint-<step> folder of a training run.")
     parser.add_argument("output_dir", help="Where to write the model folder.")

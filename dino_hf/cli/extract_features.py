@@ -24,7 +24,13 @@ from ..evaluation.datasets import eval_batches
 from ..evaluation.features import processor_normalisation
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: [`run`], returning None (a console script exits with `main()`'s value)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> Path:
+    """Parse the flags and run. The written feature file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True, help="A DinoViTModel folder, Hub id or training run.")
     parser.add_argument("--dataset_name", default="embedded")

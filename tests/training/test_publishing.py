@@ -206,7 +206,7 @@ def test_a_main_process_failure_raises_on_every_process_without_hanging(tmp_path
 
 def test_export_cli_creates_the_repo_first_then_exports_and_uploads(tmp_path, embedded_cache, monkeypatch):
     from dino_hf import DinoViTModel
-    from dino_hf.cli.export import main as export_main
+    from dino_hf.cli.export import run as export_main
     from dino_hf.training import checkpointing as ckpt
 
     result = pretrain(*tiny_run(tmp_path / "run", embedded_cache, training={"max_steps": 1}))
