@@ -1,6 +1,5 @@
 """Named recipes: every published run gives its documented flags through the CLI, and flags still override."""
 
-import importlib.util
 import json
 import re
 from dataclasses import asdict
@@ -8,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dino_hf.cli.pretrain import parse_arguments
 from dino_hf.training import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
 from dino_hf.training.recipes import RECIPES, recipe_defaults
 
@@ -16,10 +16,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def _parse(argv):
-    spec = importlib.util.spec_from_file_location("example_pretrain", ROOT / "examples" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model_args, data_args, training_args, _ = module.parse_arguments(argv)
+    model_args, data_args, training_args, _ = parse_arguments(argv)
     return {**asdict(model_args), **asdict(data_args), **asdict(training_args)}
 
 
