@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 
 from .configuration_dino import DinoConfig
 from .hub import RELEASED_MODELS, resolve_model_id  # also lets from_pretrained take the released models' names
+from .image_processing_dino import dino_image_processor
 from .modeling_dino import (
     DinoCenter,
     DinoForImageClassification,
@@ -45,5 +46,6 @@ __all__ = [
     "DinoViTModel",
     "MissingWeightsError",
     "RELEASED_MODELS",
+    "dino_image_processor",
     "resolve_model_id",
 ]

@@ -45,6 +45,7 @@ from transformers.utils import logging
 
 from .configuration_dino import DinoConfig
 from .hub import resolve_model_id
+from .image_processing_dino import dino_image_processor
 from .modeling_dino import DinoForSelfDistillation, DinoViTModel
 
 
@@ -798,8 +799,6 @@ def _save(
 ) -> None:
     model.save_pretrained(output_dir)
     if with_processor:
-        from .evaluation.features import dino_image_processor
-
         # A ResNet has no native size: the paper's 224 evaluation crop.
         image_size = getattr(model.config, "image_size", 224)
         dino_image_processor(image_size=image_size).save_pretrained(output_dir)

@@ -56,7 +56,7 @@ def tiny_model_folder(tmp_path_factory):
     """A saved random tiny backbone with its image processor (mean 0.5, std 0.25), for the evaluation CLIs."""
     from dino_hf import DinoViTModel
     from dino_hf.evaluation import save_model_with_processor
-    from dino_hf.evaluation.features import dino_image_processor
+    from dino_hf.image_processing_dino import dino_image_processor
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_model")

@@ -16,7 +16,7 @@ from dino_hf.cli import extract_features, knn_eval
 from dino_hf.cli import pretrain as pretrain_cli
 from dino_hf.data.synthetic import embedded_dataset_files
 from dino_hf.evaluation import load_features, save_model_with_processor
-from dino_hf.evaluation.features import dino_image_processor
+from dino_hf.image_processing_dino import dino_image_processor
 
 
 EXAMPLES = Path(__file__).parents[1] / "examples"

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from dino_hf.evaluation import load_backbone
-from dino_hf.evaluation.features import processor_normalisation
+from dino_hf.image_processing_dino import processor_normalisation
 
 
 def add_model_and_output_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:

@@ -21,7 +21,7 @@ import torch
 from ..data import load_image_dataset
 from ..evaluation import extract_features, load_backbone
 from ..evaluation.datasets import eval_batches
-from ..evaluation.features import processor_normalisation
+from ..image_processing_dino import processor_normalisation
 
 
 def main(argv: list[str] | None = None) -> None:

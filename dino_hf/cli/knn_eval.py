@@ -20,7 +20,7 @@ import torch
 
 from ..evaluation import extract_features, knn_evaluate, load_backbone
 from ..evaluation.datasets import eval_batches, labelled_source
-from ..evaluation.features import processor_normalisation
+from ..image_processing_dino import processor_normalisation
 
 
 def main(argv: list[str] | None = None) -> None:

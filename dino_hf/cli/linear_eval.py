@@ -29,7 +29,6 @@ from accelerate.utils import set_seed
 
 from ..evaluation import LinearProbeConfig, load_backbone, load_features, save_features
 from ..evaluation.datasets import eval_batches, labelled_source, probe_train_batches
-from ..evaluation.features import processor_normalisation
 from ..evaluation.linear import (
     DEFAULT_BASE_LRS,
     LinearProbeResult,
@@ -37,6 +36,7 @@ from ..evaluation.linear import (
     train_linear_probe,
     train_linear_probe_on_features,
 )
+from ..image_processing_dino import processor_normalisation
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from dino_hf.evaluation import attention_maps, load_backbone, prepare_image, save_attention_grid, threshold_attention
 from dino_hf.evaluation.attention import attention_video, read_frames
-from dino_hf.evaluation.features import processor_normalisation
+from dino_hf.image_processing_dino import processor_normalisation
 
 
 def demo_image(width: int = 480, height: int = 480) -> Image.Image:

@@ -37,11 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 from .resample import bicubic_resample_weights, resample
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's `rgb_to_grayscale` weights (ITU-R 601-2 luma).
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 # Attempts at a random crop before falling back to a centre crop (torchvision's RandomResizedCrop).
@@ -668,7 +667,8 @@ class EvalTransform(nn.Module):
     (bicubic, antialiased), center-crop `image_size`, normalise. Same resampling code as the crops.
 
     Equal to torchvision's `Resize(resize_size, BICUBIC)` + `CenterCrop(image_size)` on PIL images (the
-    reference's k-NN and linear evaluation), computed as one crop-and-resize per image.
+    reference's k-NN and linear evaluation), computed as one crop-and-resize per image. `resize_size` defaults to
+    `dino_hf.image_processing_dino.eval_resize_size(image_size)` (256 for 224).
 
     Example:
 
@@ -685,11 +685,12 @@ class EvalTransform(nn.Module):
     def __init__(
         self,
         image_size: int = 224,
-        resize_size: int = 256,
+        resize_size: int | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        resize_size = eval_resize_size(image_size) if resize_size is None else resize_size
         if image_size <= 0 or resize_size < image_size:
             raise ValueError(f"Need 0 < image_size <= resize_size, got image_size={image_size}, resize={resize_size}.")
         self.image_size = image_size
@@ -732,8 +733,6 @@ __all__ = [
     "BRIGHTNESS",
     "CONTRAST",
     "HUE",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "SATURATION",
     "DinoMultiCropAugmentation",
     "EvalTransform",

@@ -5,8 +5,10 @@
   [`evaluate_linear_probe`]: linear evaluation on frozen features, on accelerate, a grid of learning rates at once;
   [`extract_probe_features`], [`train_linear_probe_on_features`]: the same heads on stored features.
 - [`attention_maps`], [`threshold_attention`], [`save_attention_grid`]: the last block's [CLS] attention per head.
-- [`dino_image_processor`], [`save_model_with_processor`], [`extract_features`], [`load_backbone`]: pipeline-ready
+- [`save_model_with_processor`], [`extract_features`], [`load_backbone`]: pipeline-ready
   folders, feature files, and the backbone of any saved dino_hf folder.
+- [`dino_image_processor`], [`prepare_image`]: re-exported from `dino_hf.image_processing_dino`, where the
+  preprocessing (mean/std, the 256/224 resize) is defined once.
 - [`load_metric`], [`top_k_accuracies`]: offline `evaluate` metrics.
 - [`global_features`], [`evaluate_retrieval`], [`compute_map`]: image retrieval, revisited Oxford/Paris protocol.
 - [`copy_detection_descriptor`], [`gem`], [`PCAWhitening`], [`evaluate_copy_detection`]: copy detection (Copydays).
@@ -15,10 +17,10 @@
 - [`attention_video`]: the attention maps of every frame of a video, as images and an animation.
 """
 
-from .attention import attention_maps, attention_video, prepare_image, save_attention_grid, threshold_attention
+from ..image_processing_dino import dino_image_processor, prepare_image  # the evaluation-facing names, re-exported
+from .attention import attention_maps, attention_video, save_attention_grid, threshold_attention
 from .copy_detection import PCAWhitening, copy_detection_descriptor, evaluate_copy_detection, gem
 from .features import (
-    dino_image_processor,
     extract_features,
     load_backbone,
     load_features,

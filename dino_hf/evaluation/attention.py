@@ -17,11 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, prepare_image
 from ..modeling_dino import DinoViTModel
 
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # viridis at 0, 1/8, ..., 1 (RGB, 0-255).
 _VIRIDIS = np.array(
@@ -121,42 +119,6 @@ def threshold_attention(attentions: torch.Tensor, mass: float = 0.6) -> torch.Te
     keep_sorted = (fractions.cumsum(dim=-1) - fractions) < mass
     keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
     return keep.reshape(attentions.shape)
-
-
-def prepare_image(
-    image: Image.Image,
-    image_size: int | Sequence[int] | None,
-    patch_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> tuple[Image.Image, torch.Tensor]:
-    """Resize an image for attention maps and crop it to a multiple of the patch size.
-
-    Args:
-        image: a PIL image (converted to RGB).
-        image_size: `(height, width)`, or one int for the shorter side (aspect ratio kept), or `None` to keep the size.
-            Resizing is bicubic.
-        patch_size: the model's patch size; the image is center-cropped to the largest multiple of it.
-
-    Returns:
-        The resized, cropped RGB image and its `(1, 3, H, W)` normalised pixel values.
-    """
-    image = image.convert("RGB")
-    if image_size is not None:
-        if isinstance(image_size, int):
-            scale = image_size / min(image.size)
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        else:
-            size = (int(image_size[1]), int(image_size[0]))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    width, height = (side - side % patch_size for side in image.size)
-    if width == 0 or height == 0:
-        raise ValueError(f"The image ({image.width}x{image.height}) is smaller than one {patch_size}px patch.")
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    image = image.crop((left, top, left + width, top + height))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return image, torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -340,12 +302,9 @@ def attention_video(
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "attention_maps",
     "attention_video",
     "colorize",
-    "prepare_image",
     "read_frames",
     "save_animation",
     "save_attention_grid",

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
-from .attention import IMAGENET_MEAN, IMAGENET_STD
-from .images import list_images, load_rgb, to_pixel_values
+from .images import list_images, load_rgb
 from .retrieval import compute_ap
 
 

@@ -25,7 +25,7 @@ from ..data import (
     build_pretraining_loader,
     load_image_dataset,
 )
-from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 
 
 def labelled_source(
@@ -63,7 +63,7 @@ def eval_batches(
 
     `resize_size` defaults to `image_size / 0.875` (256 for 224), the paper's evaluation resize.
     """
-    resize_size = round(image_size * 256 / 224) if resize_size is None else resize_size
+    resize_size = eval_resize_size(image_size) if resize_size is None else resize_size
     transform = EvalTransform(image_size=image_size, resize_size=resize_size, mean=mean, std=std)
     loader = build_eval_loader(
         source,

@@ -16,8 +16,7 @@ pipeline returns `last_hidden_state`, all tokens `(1, 1 + num_patches, D)`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,63 +24,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
+from ..image_processing_dino import dino_image_processor
 from ..modeling_dino import DinoViTModel
 from .linear import extract_linear_features, unpack_batch
-
-
-# The paper's evaluation crop: resize the shorter side to 256, center crop 224 (ratio 0.875).
-EVAL_CROP_RATIO = 224 / 256
-
-
-def dino_image_processor(
-    image_size: int = 224,
-    resize_size: int | None = None,
-    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-    std: Sequence[float] = IMAGENET_DEFAULT_STD,
-) -> BitImageProcessorPil:
-    """The DINO evaluation preprocessing as a transformers image processor that needs no torchvision.
-
-    Bicubic resize of the shorter side to `resize_size`, center crop `image_size x image_size`, scale to [0, 1],
-    normalise with the ImageNet mean and std: the reference's `Resize(256, interpolation=3)`, `CenterCrop(224)`,
-    `ToTensor()`, `Normalize(...)`. It is transformers' PIL-backend `BitImageProcessorPil`; its saved
-    `preprocessor_config.json` says `"image_processor_type": "BitImageProcessor"`, which `AutoImageProcessor` loads back
-    as the PIL class when torchvision is absent (and as the torchvision class, same preprocessing, when present).
-    The center crop's offset rounds down where torchvision's rounds to nearest, so for some image sizes the crop
-    sits one pixel apart from the reference's.
-
-    Args:
-        image_size: crop side (224).
-        resize_size: shorter side after resizing; defaults to `round(image_size / 0.875)` (256 for 224).
-        mean, std: normalisation (ImageNet's).
-
-    Example:
-
-    ```python
-    >>> from dino_hf.evaluation import dino_image_processor
-    >>> processor = dino_image_processor()
-    >>> processor.size["shortest_edge"], processor.crop_size["height"], int(processor.resample)  # 3: bicubic
-    (256, 224, 3)
-    ```
-    """
-    resize_size = round(image_size / EVAL_CROP_RATIO) if resize_size is None else resize_size
-    if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}).")
-    return BitImageProcessorPil(
-        do_resize=True,
-        size={"shortest_edge": resize_size},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
-        do_convert_rgb=True,
-    )
 
 
 def save_model_with_processor(
@@ -98,19 +45,6 @@ def save_model_with_processor(
     model.save_pretrained(path)
     (processor or dino_image_processor(image_size=model.config.image_size)).save_pretrained(path)
     return path
-
-
-def processor_normalisation(model_name_or_path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std saved with a model (its `preprocessor_config.json`), or ImageNet's when it has none.
-
-    The exported models carry the normalisation they were trained with; evaluation must use the same.
-    """
-    config_file = Path(model_name_or_path) / "preprocessor_config.json"
-    if config_file.is_file():
-        values = json.loads(config_file.read_text())
-        if "image_mean" in values and "image_std" in values:
-            return tuple(values["image_mean"]), tuple(values["image_std"])
-    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 
 
 def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel:
@@ -274,8 +208,6 @@ def load_features(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "EVAL_CROP_RATIO",
-    "dino_image_processor",
     "extract_features",
     "load_backbone",
     "load_features",

@@ -48,18 +48,18 @@ from ..data import (
     decode_image,
     load_image_dataset,
 )
-from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from ..data.loading import collate_images
 from ..hub import resolve_model_id
+from ..image_processing_dino import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    dino_image_processor,
+    eval_resize_size,
+    processor_normalisation,
+)
 from ..modeling_dino import DinoForImageClassification
 from .datasets import classification_crop_config
-from .features import (
-    EVAL_CROP_RATIO,
-    dino_image_processor,
-    load_backbone,
-    processor_normalisation,
-    save_model_with_processor,
-)
+from .features import load_backbone, save_model_with_processor
 from .metrics import top_k_accuracies
 
 
@@ -181,7 +181,7 @@ class ClassificationTransform:
     ) -> None:
         self.image_column = image_column
         self.label_column = label_column
-        resize_size = round(image_size / EVAL_CROP_RATIO)
+        resize_size = eval_resize_size(image_size)
         if train:
             self.augment: DinoMultiCropAugmentation | None = DinoMultiCropAugmentation(
                 classification_crop_config(image_size, mean, std)

@@ -1,19 +1,15 @@
 """Image files for the retrieval, copy-detection and video evaluations: listing, loading, normalising.
 
-These evaluations run the backbone on whole images of varying sizes (one at a time, as the reference does), not on
+Their normalisation is `dino_hf.image_processing_dino.to_pixel_values`. These evaluations run the backbone on whole images of varying sizes (one at a time, as the reference does), not on
 the fixed 224 center crops of k-NN and linear evaluation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageFile
-
-from .attention import IMAGENET_MEAN, IMAGENET_STD
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -34,15 +30,6 @@ def load_rgb(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def to_pixel_values(
-    image: Image.Image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
-    """A PIL image -> `(1, 3, H, W)` float32, scaled to [0, 1] and normalised (`ToTensor` + `Normalize`)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
 def crop_to_patches(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Drop the bottom rows and right columns that do not fill a whole patch.
 
@@ -56,4 +43,4 @@ def crop_to_patches(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor
     return pixel_values[..., :height, :width]
 
 
-__all__ = ["IMAGE_EXTENSIONS", "crop_to_patches", "list_images", "load_rgb", "to_pixel_values"]
+__all__ = ["IMAGE_EXTENSIONS", "crop_to_patches", "list_images", "load_rgb"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageSource, load_image_dataset
-from ..data.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import eval_batches
 from .knn import knn_classify
 

@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
-from .attention import IMAGENET_MEAN, IMAGENET_STD
-from .images import crop_to_patches, list_images, load_rgb, to_pixel_values
+from .images import crop_to_patches, list_images, load_rgb
 
 
 REFERENCE_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
-from .attention import IMAGENET_MEAN, IMAGENET_STD
-from .images import load_rgb, to_pixel_values
+from .images import load_rgb
 
 
 VOID = 255  # DAVIS's label for pixels no object is scored on

@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image
 
 from ..configuration_dino import DinoConfig
+from ..image_processing_dino import dino_image_processor
 from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
 from .arguments import mask_secrets, masked_arguments
 from .publishing import create_hub_repo, upload_to_hub
@@ -49,8 +50,6 @@ def export_pretrained(
     `training_curves` (a PNG, e.g. from `plot_history`) is copied next to the model and `attention_image` becomes
     `attention_maps.png` (the exported teacher's last-block attention); the card shows both.
     """
-    from ..evaluation.features import dino_image_processor
-
     target = Path(output_dir) / export_dirname
     target.mkdir(parents=True, exist_ok=True)
     backbone = model.export_teacher_backbone()

@@ -16,8 +16,6 @@ from dino_hf.data.augmentation import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SATURATION,
     adjust_brightness,
     adjust_contrast,
@@ -29,6 +27,7 @@ from dino_hf.data.augmentation import (
     sample_crop_boxes,
     solarize,
 )
+from dino_hf.image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _small_config(**overrides) -> MultiCropConfig:

@@ -7,8 +7,8 @@ from data_helpers import smooth_image
 from PIL import Image
 
 from dino_hf.data import EvalTransform
-from dino_hf.data.augmentation import IMAGENET_MEAN, IMAGENET_STD
 from dino_hf.data.resample import bicubic_resample_weights, resample
+from dino_hf.image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _crop_resize(array: np.ndarray, box: tuple[int, int, int, int], out_h: int, out_w: int) -> np.ndarray:
