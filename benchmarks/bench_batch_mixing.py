@@ -24,7 +24,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-import dino_hf.data.loading as loading
+import dino_hf.data.streams as streams
 from dino_hf.data import ImageSource, build_pretraining_loader, load_image_dataset
 
 
@@ -74,12 +74,12 @@ def main() -> None:
             f"  image folder, random access (global permutation)   {_distinct(load_image_dataset(str(folder))):5.1f}"
         )
         print(f"  image folder, streamed in storage order            {_distinct(_streamed_folder(folder)):5.1f}")
-        interleave = loading._INTERLEAVE
+        interleave = streams._INTERLEAVE
         for width in (1, interleave):
-            loading._INTERLEAVE = width
+            streams._INTERLEAVE = width
             label = f"parquet shards streamed, {width} shard(s) at a time"
             print(f"  {label:<50} {_distinct(load_image_dataset(shards)):5.1f}")
-        loading._INTERLEAVE = interleave
+        streams._INTERLEAVE = interleave
 
 
 if __name__ == "__main__":

@@ -21,17 +21,9 @@ from .augmentation import (
     MultiCropConfig,
     MultiCropOutput,
 )
+from .decoding import DataQualityError, DataStats, DecodeOptions, ImageBatch, collate_images, decode_image
 from .diversity import BatchDiversityCheck, DiversityReport
-from .loading import (
-    DataQualityError,
-    DataStats,
-    DecodeOptions,
-    ImageBatch,
-    PretrainingLoader,
-    build_eval_loader,
-    build_pretraining_loader,
-    decode_image,
-)
+from .loaders import PretrainingLoader, build_eval_loader, build_pretraining_loader
 from .sources import DEFAULT_DATASET_NAME, ImageSource, load_image_dataset
 from .synthetic import EMBEDDED_DATASET_NAME
 
@@ -53,6 +45,7 @@ __all__ = [
     "PretrainingLoader",
     "build_eval_loader",
     "build_pretraining_loader",
+    "collate_images",
     "decode_image",
     "load_image_dataset",
 ]

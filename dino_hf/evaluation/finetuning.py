@@ -45,10 +45,10 @@ from ..data import (
     DinoMultiCropAugmentation,
     EvalTransform,
     ImageSource,
+    collate_images,
     decode_image,
     load_image_dataset,
 )
-from ..data.loading import collate_images
 from ..hub import resolve_model_id
 from ..image_processing_dino import (
     IMAGENET_MEAN,

@@ -18,7 +18,7 @@ from dino_hf.data import (
     decode_image,
     load_image_dataset,
 )
-from dino_hf.data.loading import collate_images
+from dino_hf.data.decoding import collate_images
 from dino_hf.data.synthetic import SHAPES
 
 

@@ -137,7 +137,7 @@ def test_elastic_resume_continues_the_permutation(folder_source, before, after):
 
 
 def test_streams_interleave_rows_of_several_shards():
-    from dino_hf.data.loading import _INTERLEAVE, _interleave
+    from dino_hf.data.streams import _INTERLEAVE, _interleave
 
     pieces = {p: [f"{p}:{r}" for r in range(10)] for p in range(6)}
     order = list(_interleave(list(pieces), lambda p: iter(pieces[p]), np.random.default_rng(0)))
