@@ -12,10 +12,9 @@ works with `pipeline("image-classification")`. `--help` lists every flag; docs/f
 
 from __future__ import annotations
 
-import logging
-
 from transformers import HfArgumentParser
 
+from dino_hf.cli import configure_logging
 from dino_hf.evaluation.finetuning import FinetuneArguments, finetune
 
 
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser(FinetuneArguments)
     parser.description = __doc__.split("\n\n")[0]
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     summary = finetune(args)
     accuracy = ", ".join(f"{k} {v:.2f}%" for k, v in summary.metrics.items() if k in ("eval_top1", "eval_top5"))
     print(f"Fine-tuned {args.model_name_or_path} on {args.dataset_name}: {accuracy}; saved to {summary.output_dir}")

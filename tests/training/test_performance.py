@@ -6,8 +6,6 @@ minutes of C++ compilation on a CPU); `benchmarks/run_gpu_checks.sh` runs the sa
 """
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +13,8 @@ from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+import dino_hf.training.benchmark as bench_train_step
+import dino_hf.training.step_checks as check_train_step
 from dino_hf import DinoConfig, DinoForSelfDistillation, DinoViTModel
 from dino_hf.modeling_dino import DinoDropPath
 from dino_hf.training.performance import (
@@ -25,11 +25,6 @@ from dino_hf.training.performance import (
     forbid_host_sync,
     parse_compile_regions,
 )
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import bench_train_step  # noqa: E402
-import check_train_step  # noqa: E402
 
 
 BATCH = 2
@@ -277,7 +272,7 @@ def test_compile_regions_are_parsed_and_checked():
 
 
 def test_head_precision_benchmark_quick(tmp_path):
-    import bench_head_precision
+    import dino_hf.training.head_precision as bench_head_precision
 
     results = bench_head_precision.main(["--quick", "--json", str(tmp_path / "out.json")])
     assert json.loads((tmp_path / "out.json").read_text()) == results

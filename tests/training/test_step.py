@@ -1,22 +1,16 @@
 """The training step: a non-finite step changes nothing (without a host sync), and gradient accumulation over N
 micro-batches equals one step on the whole batch."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from conftest import tiny_config
 
+import dino_hf.training.benchmark as bench_train_step
+import dino_hf.training.step_checks as check_train_step
 from dino_hf.training.performance import forbid_host_sync
 from dino_hf.training.step import ACCUMULATION_ENV, DinoTrainingStep, resolve_gradient_accumulation_steps
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import bench_train_step  # noqa: E402
-import check_train_step  # noqa: E402
 
 
 BATCH = 2

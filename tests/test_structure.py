@@ -1,0 +1,50 @@
+"""The package's layering rules, checked on the source: what imports what, and who configures logging."""
+
+import ast
+from pathlib import Path
+
+import dino_hf
+
+
+PACKAGE = Path(dino_hf.__file__).parent
+TESTS = Path(__file__).parent
+# The training entry point configures logging until the trainer object replaces it.
+LOGGING_ALLOWED = {"training/trainer.py"}
+
+
+def _calls_basic_config(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(node, ast.Attribute) and node.attr == "basicConfig" for node in ast.walk(tree))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            prefix = "." * node.level + (node.module or "")
+            modules.add(prefix)
+    return modules
+
+
+def test_only_command_lines_configure_the_root_logger():
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.parts[len(PACKAGE.parts)] != "cli"
+        and str(path.relative_to(PACKAGE)) not in LOGGING_ALLOWED
+        and _calls_basic_config(path)
+    ]
+    assert offenders == [], f"library modules configure the root logger: {offenders}"
+
+
+def test_export_and_conversion_do_not_import_evaluation():
+    for path in (PACKAGE / "conversion.py", PACKAGE / "training" / "export.py", PACKAGE / "image_processing_dino.py"):
+        assert not [m for m in _imported_modules(path) if "evaluation" in m], path
+
+
+def test_tests_import_no_benchmark_scripts():
+    for path in TESTS.rglob("*.py"):
+        imported = _imported_modules(path)
+        assert not [m for m in imported if m.split(".")[0].startswith(("bench_", "check_", "benchmarks"))], path
