@@ -39,7 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: runs [`run`] and returns None (setuptools' wrapper exits with `main()`'s value)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     model, extraction = load_model(args)
     results = evaluate_copy_detection(

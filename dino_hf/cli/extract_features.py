@@ -20,7 +20,7 @@ import torch
 
 from ..data import load_image_dataset
 from ..evaluation import extract_features, load_backbone
-from ..evaluation.datasets import eval_batches
+from ..evaluation.eval_data import eval_batches
 from ..image_processing_dino import processor_normalisation
 
 

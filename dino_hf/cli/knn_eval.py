@@ -19,7 +19,7 @@ import json
 import torch
 
 from ..evaluation import extract_features, knn_evaluate, load_backbone
-from ..evaluation.datasets import eval_batches, labelled_source
+from ..evaluation.eval_data import eval_batches, labelled_source
 from ..image_processing_dino import processor_normalisation
 
 

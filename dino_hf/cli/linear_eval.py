@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..evaluation import LinearProbeConfig, load_backbone, load_features, save_features
-from ..evaluation.datasets import eval_batches, labelled_source, probe_train_batches
+from ..evaluation.eval_data import eval_batches, labelled_source, probe_train_batches
 from ..evaluation.linear import (
     DEFAULT_BASE_LRS,
     LinearProbeResult,

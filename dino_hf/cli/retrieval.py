@@ -35,7 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: runs [`run`] and returns None (setuptools' wrapper exits with `main()`'s value)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     data_path = args.data_path or generate_retrieval_demo(args.generate_demo_data)
     dataset = load_retrieval_dataset(data_path, args.dataset, args.allow_unpickling)

@@ -41,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, float] | None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: runs [`run`] and returns None (setuptools' wrapper exits with `main()`'s value)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, float] | None:
     args = parse_args(argv)
     data_path = args.data_path or generate_video_demo(args.generate_demo_data)
     model, extraction = load_model(args)

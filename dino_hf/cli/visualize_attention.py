@@ -66,7 +66,12 @@ def _size(image_size: list[int] | None):
     return None if image_size is None else image_size[0] if len(image_size) == 1 else tuple(image_size)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: runs [`run`] and returns None (setuptools' wrapper exits with `main()`'s value)."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     model = load_backbone(args.model_name_or_path).to(args.device)
     mean, std = processor_normalisation(args.model_name_or_path)

@@ -16,7 +16,7 @@ pipeline returns `last_hidden_state`, all tokens `(1, 1 + num_patches, D)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import ResNetModel
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
 from ..image_processing_dino import dino_image_processor
-from ..modeling_dino import DinoViTModel
-from .linear import extract_linear_features, unpack_batch
+from ..modeling_dino import DinoViTModel, backbone_features
 
 
 def save_model_with_processor(
@@ -63,6 +63,39 @@ def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel
     ```
     """
     return DinoViTModel.from_pretrained(model_name_or_path, **kwargs).eval()
+
+
+def extract_linear_features(
+    model: DinoViTModel, pixel_values: torch.Tensor, n_last_blocks: int = 4, avgpool_patchtokens: bool = False
+) -> torch.Tensor:
+    """Linear-evaluation features in the reference's layout: [`DinoViTModel.get_linear_features`].
+
+    The [CLS] tokens of the last `n_last_blocks` blocks (each through the final LayerNorm); with
+    `avgpool_patchtokens` and one block (ViT-B), [CLS] and the averaged patch tokens interleaved as the reference
+    does (`[cls_0, avg_0, cls_1, avg_1, ...]`), so its released ViT-B linear weights apply. Returns
+    `(B, D * (n_last_blocks + avgpool_patchtokens))`; with `n_last_blocks=1` and no pooling this is the DINO feature,
+    `model(pixel_values).pooler_output`. Gradients flow unless the caller disables them.
+
+    A ResNet backbone (transformers' `ResNetModel`) has one linear-evaluation feature, as in the reference: its pooled
+    last stage (`n_last_blocks=1`, no `avgpool_patchtokens`).
+    """
+    if isinstance(model, ResNetModel):
+        if n_last_blocks != 1 or avgpool_patchtokens:
+            raise ValueError(
+                "A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False."
+            )
+        return backbone_features(model, pixel_values)
+    return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, Any, Any]:
+    """`(pixel_values, labels, ids)` of a batch: a tuple (labels and ids optional) or a mapping with `pixel_values` and
+    optional `labels`/`label` and `ids`/`id`. Missing entries are `None`."""
+    if isinstance(batch, Mapping):
+        labels = batch["labels"] if "labels" in batch else batch.get("label")
+        return batch["pixel_values"], labels, batch["ids"] if "ids" in batch else batch.get("id")
+    batch = tuple(batch)
+    return batch[0], batch[1] if len(batch) > 1 else None, batch[2] if len(batch) > 2 else None
 
 
 def _as_list(values: Any) -> list[Any]:
@@ -208,6 +241,8 @@ def load_features(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "extract_linear_features",
+    "unpack_batch",
     "extract_features",
     "load_backbone",
     "load_features",

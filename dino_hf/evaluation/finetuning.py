@@ -58,7 +58,7 @@ from ..image_processing_dino import (
     processor_normalisation,
 )
 from ..modeling_dino import DinoForImageClassification
-from .datasets import classification_crop_config
+from .eval_data import classification_crop_config
 from .features import load_backbone, save_model_with_processor
 from .metrics import top_k_accuracies
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSource, load_image_dataset
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
-from .datasets import eval_batches
+from .eval_data import eval_batches
 from .knn import knn_classify
 
 

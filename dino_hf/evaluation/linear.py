@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from transformers import ResNetModel
 
 from ..configuration_dino import DinoConfig
-from ..modeling_dino import DinoViTModel, backbone_features
+from ..modeling_dino import DinoViTModel
+from .features import extract_linear_features, unpack_batch
 from .metrics import top_k_accuracies
 
 
@@ -144,39 +145,6 @@ class LinearClassifier(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """`(B, dim)` (or `(B, ...)`, flattened) features -> `(B, num_labels)` logits."""
         return self.linear(features.flatten(1))
-
-
-def extract_linear_features(
-    model: DinoViTModel, pixel_values: torch.Tensor, n_last_blocks: int = 4, avgpool_patchtokens: bool = False
-) -> torch.Tensor:
-    """Linear-evaluation features in the reference's layout: [`DinoViTModel.get_linear_features`].
-
-    The [CLS] tokens of the last `n_last_blocks` blocks (each through the final LayerNorm); with
-    `avgpool_patchtokens` and one block (ViT-B), [CLS] and the averaged patch tokens interleaved as the reference
-    does (`[cls_0, avg_0, cls_1, avg_1, ...]`), so its released ViT-B linear weights apply. Returns
-    `(B, D * (n_last_blocks + avgpool_patchtokens))`; with `n_last_blocks=1` and no pooling this is the DINO feature,
-    `model(pixel_values).pooler_output`. Gradients flow unless the caller disables them.
-
-    A ResNet backbone (transformers' `ResNetModel`) has one linear-evaluation feature, as in the reference: its pooled
-    last stage (`n_last_blocks=1`, no `avgpool_patchtokens`).
-    """
-    if isinstance(model, ResNetModel):
-        if n_last_blocks != 1 or avgpool_patchtokens:
-            raise ValueError(
-                "A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False."
-            )
-        return backbone_features(model, pixel_values)
-    return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
-
-
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, Any, Any]:
-    """`(pixel_values, labels, ids)` of a batch: a tuple (labels and ids optional) or a mapping with `pixel_values` and
-    optional `labels`/`label` and `ids`/`id`. Missing entries are `None`."""
-    if isinstance(batch, Mapping):
-        labels = batch["labels"] if "labels" in batch else batch.get("label")
-        return batch["pixel_values"], labels, batch["ids"] if "ids" in batch else batch.get("id")
-    batch = tuple(batch)
-    return batch[0], batch[1] if len(batch) > 1 else None, batch[2] if len(batch) > 2 else None
 
 
 def _pixels_and_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -638,10 +606,8 @@ __all__ = [
     "LinearProbeConfig",
     "LinearProbeResult",
     "evaluate_linear_probe",
-    "extract_linear_features",
     "extract_probe_features",
     "feature_batches",
     "train_linear_probe",
     "train_linear_probe_on_features",
-    "unpack_batch",
 ]

@@ -2,7 +2,6 @@
 
 import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,13 +115,10 @@ def test_prepare_image_keeps_the_aspect_ratio_and_crops_to_the_patch_grid():
 
 
 def test_visualize_attention_example_on_a_training_run_folder(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "visualize_attention", Path(__file__).parents[2] / "examples" / "visualize_attention.py"
-    )
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    import dino_hf.cli.visualize_attention as example  # examples/visualize_attention.py runs its main
+
     DinoForSelfDistillation(tiny_config()).save_pretrained(tmp_path / "run")  # the teacher backbone is used
-    path = example.main(
+    path = example.run(
         ["--model_name_or_path", str(tmp_path / "run"), "--image_size", "40", "--output_dir", str(tmp_path / "out")]
     )
     grid = Image.open(path)
@@ -131,7 +127,7 @@ def test_visualize_attention_example_on_a_training_run_folder(tmp_path):
 
 
 def test_video_mode_writes_every_frame_and_a_gif(tiny_model_folder, tmp_path):
-    from dino_hf.cli.visualize_attention import main
+    from dino_hf.cli.visualize_attention import run as main
     from dino_hf.evaluation.attention import _upsample
     from dino_hf.evaluation.demo_data import generate_video_demo
 
@@ -163,7 +159,7 @@ def test_mp4_without_imageio_says_what_to_install(tmp_path):
 def test_video_file_round_trip_with_imageio(tiny_model_folder, tmp_path):
     pytest.importorskip("imageio")
     pytest.importorskip("av")
-    from dino_hf.cli.visualize_attention import main
+    from dino_hf.cli.visualize_attention import run as main
     from dino_hf.evaluation.attention import read_frames, save_animation
 
     clip = save_animation([Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)], tmp_path / "clip.mp4", fps=5)

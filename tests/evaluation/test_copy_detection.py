@@ -76,7 +76,7 @@ def test_copies_match_their_originals():
 
 
 def test_copy_detection_cli_on_generated_data(tiny_model_folder, tmp_path):
-    from dino_hf.cli.copy_detection import main
+    from dino_hf.cli.copy_detection import run as main
 
     results = main(
         ["--model_name_or_path", str(tiny_model_folder), "--generate_demo_data", str(tmp_path / "data"),

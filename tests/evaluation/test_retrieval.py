@@ -103,7 +103,7 @@ def test_json_layout_rejects_unknown_names(tmp_path):
 
 
 def test_retrieval_cli_on_generated_data(tiny_model_folder, tmp_path):
-    from dino_hf.cli.retrieval import main
+    from dino_hf.cli.retrieval import run as main
 
     figures = main(
         ["--model_name_or_path", str(tiny_model_folder), "--generate_demo_data", str(tmp_path / "data"), "--imsize", "32",

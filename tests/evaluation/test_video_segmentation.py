@@ -156,7 +156,7 @@ def test_propagation_tracks_moving_shapes(tmp_path):
 
 
 def test_video_segmentation_cli_on_generated_data(tiny_model_folder, tmp_path):
-    from dino_hf.cli.video_segmentation import main
+    from dino_hf.cli.video_segmentation import run as main
 
     figures = main(
         ["--model_name_or_path", str(tiny_model_folder), "--generate_demo_data", str(tmp_path / "data"),
