@@ -1,5 +1,10 @@
-"""What the retrieval, copy-detection and video-segmentation commands share: the model and data flags, loading the
-backbone with the normalisation it was saved with, and the JSON figures file."""
+"""What the evaluation commands share.
+
+- k-NN, linear probe and feature export: [`add_eval_data_arguments`] (the model, dataset and preprocessing flags,
+  defined once) and [`eval_batch_options`] (the keyword arguments of `eval_batches` / `probe_train_batches`);
+- retrieval, copy detection and video segmentation: the model and data flags, loading the backbone with the
+  normalisation it was saved with, and the JSON figures file.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,46 @@ from pathlib import Path
 
 import torch
 
-from dino_hf.evaluation import load_backbone
-from dino_hf.image_processing_dino import processor_normalisation
+from dino_hf.evaluation import load_backbone, processor_normalisation
+
+
+def add_eval_data_arguments(parser: argparse.ArgumentParser, splits: dict[str, tuple[str, str | None]]) -> None:
+    """The flags of the model and of the dataset the k-NN, linear-probe and feature-export commands read.
+
+    `splits` maps each split flag to its default and help, e.g. `{"train_split": ("train", None)}`.
+    """
+    group = parser.add_argument_group("model and evaluation data")
+    group.add_argument("--model_name_or_path", required=True, help="A DinoViTModel folder, Hub id or training run.")
+    group.add_argument(
+        "--dataset_name", default="embedded", help="Any source of docs/data.md ('embedded', a Hub id...)."
+    )
+    group.add_argument("--data_files", default=None, help="Data files for parquet/webdataset/local sources.")
+    for flag, (default, help_text) in splits.items():
+        group.add_argument(f"--{flag}", default=default, help=help_text)
+    group.add_argument("--image_column", default=None)
+    group.add_argument("--label_column", default=None)
+    group.add_argument("--image_size", type=int, default=None, help="Crop size (default: the model's image_size).")
+    group.add_argument("--batch_size", type=int, default=128, help="Images per process.")
+    group.add_argument("--num_workers", type=int, default=4)
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """`data_files`, `image_column`, `label_column`: the keyword arguments of `load_image_dataset`/`labelled_source`."""
+    return {"data_files": args.data_files, "image_column": args.image_column, "label_column": args.label_column}
+
+
+def eval_batch_options(args: argparse.Namespace, model, device) -> dict:
+    """The keyword arguments of `eval_batches` / `probe_train_batches`: crop size (the model's unless given), the
+    normalisation the model was saved with, batch size, workers and device."""
+    mean, std = processor_normalisation(args.model_name_or_path)
+    return {
+        "image_size": args.image_size or model.config.image_size,
+        "mean": mean,
+        "std": std,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": device,
+    }
 
 
 def add_model_and_output_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:

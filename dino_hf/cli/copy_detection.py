@@ -16,8 +16,7 @@ import argparse
 from pathlib import Path
 
 from dino_hf.cli._evaluation import add_model_and_output_arguments, check_data_source, load_model, write_figures
-from dino_hf.evaluation.copy_detection import evaluate_copy_detection
-from dino_hf.evaluation.demo_data import generate_copy_detection_demo
+from dino_hf.evaluation import evaluate_copy_detection, generate_copy_detection_demo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

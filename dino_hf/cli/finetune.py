@@ -15,7 +15,7 @@ from __future__ import annotations
 from transformers import HfArgumentParser
 
 from dino_hf.cli import configure_logging
-from dino_hf.evaluation.finetuning import FinetuneArguments, finetune
+from dino_hf.evaluation import FinetuneArguments, finetune
 
 
 def main(argv: list[str] | None = None) -> None:

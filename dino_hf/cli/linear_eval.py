@@ -27,30 +27,34 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..evaluation import LinearProbeConfig, load_backbone, load_features, save_features
-from ..evaluation.eval_data import eval_batches, labelled_source, probe_train_batches
-from ..evaluation.linear import (
+from ..evaluation import (
     DEFAULT_BASE_LRS,
+    LinearProbeConfig,
     LinearProbeResult,
+    eval_batches,
     extract_probe_features,
+    labelled_source,
+    load_backbone,
+    load_features,
+    probe_train_batches,
+    save_features,
     train_linear_probe,
     train_linear_probe_on_features,
 )
-from ..image_processing_dino import processor_normalisation
+from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--model_name_or_path", required=True, help="A DinoViTModel folder, Hub id or training run.")
-    parser.add_argument("--dataset_name", default="embedded", help="Any source of docs/data.md.")
-    parser.add_argument("--data_files", default=None, help="Data files for parquet/webdataset/local sources.")
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="validation", help="Chooses the best head and reports its figure.")
-    parser.add_argument("--image_column", default=None)
-    parser.add_argument("--label_column", default=None)
-    parser.add_argument("--image_size", type=int, default=None, help="Crop size (default: the model's image_size).")
+    add_eval_data_arguments(
+        parser,
+        {
+            "train_split": ("train", None),
+            "eval_split": ("validation", "Chooses the best head and reports its figure."),
+        },
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument(
         "--lr",
@@ -62,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weight_decay", type=float, nargs="+", default=[0.0], help="Weight decays, crossed with --lr."
     )
-    parser.add_argument("--batch_size", type=int, default=128, help="Images per process.")
     parser.add_argument(
         "--n_last_blocks", type=int, default=None, help="4 for ViT-S, 1 for ViT-B (default: by width)."
     )
@@ -83,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Cached mode: store both splits' features here once (center crops, no training augmentation; reused "
         "when the model, data and layout match) and train the heads on them. One process.",
     )
-    parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="Seeds the heads' initialisation and the data order.")
     parser.add_argument("--output_file", default=None, help="Write every head's figures and the history as JSON.")
     return parser
@@ -109,24 +111,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.avgpool_patchtokens is not None:
         overrides["avgpool_patchtokens"] = bool(args.avgpool_patchtokens)
     config = LinearProbeConfig.for_backbone(model.config, **overrides)
-    data = {"data_files": args.data_files, "image_column": args.image_column, "label_column": args.label_column}
+    data = dataset_options(args)
     sources = {
         split: labelled_source(args.dataset_name, split, **data) for split in (args.train_split, args.eval_split)
     }
     num_labels = len(sources[args.train_split].class_names or [])
     if not num_labels:
         parser.error("The label column is not a ClassLabel; the number of classes is unknown.")
-    mean, std = processor_normalisation(args.model_name_or_path)
-    common = {
-        "image_size": args.image_size or model.config.image_size,
-        "mean": mean,
-        "std": std,
-        "batch_size": args.batch_size,
-        "num_workers": args.num_workers,
-        "device": accelerator.device,
-        "rank": accelerator.process_index,
-        "world_size": accelerator.num_processes,
-    }
+    common = eval_batch_options(args, model, accelerator.device)
+    common.update(rank=accelerator.process_index, world_size=accelerator.num_processes)
     if args.features_dir:
         if accelerator.num_processes > 1:
             parser.error("--features_dir runs in one process (the heads on stored features are cheap).")

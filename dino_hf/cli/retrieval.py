@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 
 from dino_hf.cli._evaluation import add_model_and_output_arguments, check_data_source, load_model, write_figures
-from dino_hf.evaluation.demo_data import generate_retrieval_demo
-from dino_hf.evaluation.retrieval import REVISITED_DATASETS, evaluate_retrieval_dataset, load_retrieval_dataset
+from dino_hf.evaluation import (
+    REVISITED_DATASETS,
+    evaluate_retrieval_dataset,
+    generate_retrieval_demo,
+    load_retrieval_dataset,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,8 +16,7 @@ import argparse
 from pathlib import Path
 
 from dino_hf.cli._evaluation import add_model_and_output_arguments, check_data_source, load_model, write_figures
-from dino_hf.evaluation.demo_data import generate_video_demo
-from dino_hf.evaluation.video_segmentation import PropagationConfig, segment_davis
+from dino_hf.evaluation import PropagationConfig, generate_video_demo, segment_davis
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,9 +22,16 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from dino_hf.evaluation import attention_maps, load_backbone, prepare_image, save_attention_grid, threshold_attention
-from dino_hf.evaluation.attention import attention_video, read_frames
-from dino_hf.image_processing_dino import processor_normalisation
+from dino_hf.evaluation import (
+    attention_maps,
+    attention_video,
+    load_backbone,
+    prepare_image,
+    processor_normalisation,
+    read_frames,
+    save_attention_grid,
+    threshold_attention,
+)
 
 
 def demo_image(width: int = 480, height: int = 480) -> Image.Image:

@@ -15,48 +15,74 @@
 - [`propagate_video`], [`segment_davis`], [`region_similarity`], [`boundary_f_measure`]: video object segmentation
   by label propagation, DAVIS J and F.
 - [`attention_video`]: the attention maps of every frame of a video, as images and an animation.
+- [`eval_batches`], [`probe_train_batches`], [`labelled_source`]: evaluation data from any `dino_hf.data` source.
+- [`FinetuneArguments`], [`finetune`]: full fine-tuning for classification (transformers `Trainer`).
 """
 
-from ..image_processing_dino import dino_image_processor, prepare_image  # the evaluation-facing names, re-exported
-from .attention import attention_maps, attention_video, save_attention_grid, threshold_attention
+from ..image_processing_dino import dino_image_processor, prepare_image, processor_normalisation  # re-exported
+from .attention import attention_maps, attention_video, read_frames, save_attention_grid, threshold_attention
 from .copy_detection import PCAWhitening, copy_detection_descriptor, evaluate_copy_detection, gem
+from .demo_data import generate_copy_detection_demo, generate_retrieval_demo, generate_video_demo
+from .eval_data import classification_crop_config, eval_batches, labelled_source, probe_train_batches
 from .features import (
     extract_features,
+    extract_linear_features,
     load_backbone,
     load_features,
     save_features,
     save_model_with_processor,
+    unpack_batch,
 )
+from .finetuning import FinetuneArguments, finetune
 from .knn import knn_classify, knn_evaluate
 from .linear import (
+    DEFAULT_BASE_LRS,
     LinearClassifier,
     LinearHeads,
     LinearProbeConfig,
     LinearProbeResult,
     evaluate_linear_probe,
-    extract_linear_features,
     extract_probe_features,
+    feature_batches,
     train_linear_probe,
     train_linear_probe_on_features,
-    unpack_batch,
 )
 from .metrics import load_metric, top_k_accuracies
-from .retrieval import compute_map, evaluate_retrieval, evaluate_retrieval_dataset, global_features
-from .video_segmentation import boundary_f_measure, propagate_video, region_similarity, segment_davis
+from .retrieval import (
+    REVISITED_DATASETS,
+    compute_map,
+    evaluate_retrieval,
+    evaluate_retrieval_dataset,
+    global_features,
+    load_retrieval_dataset,
+)
+from .video_segmentation import (
+    PropagationConfig,
+    boundary_f_measure,
+    propagate_video,
+    region_similarity,
+    segment_davis,
+)
 
 
 __all__ = [
+    "DEFAULT_BASE_LRS",
+    "FinetuneArguments",
     "LinearClassifier",
     "LinearHeads",
     "LinearProbeConfig",
     "LinearProbeResult",
     "PCAWhitening",
+    "PropagationConfig",
+    "REVISITED_DATASETS",
     "attention_maps",
     "attention_video",
     "boundary_f_measure",
+    "classification_crop_config",
     "compute_map",
     "copy_detection_descriptor",
     "dino_image_processor",
+    "eval_batches",
     "evaluate_copy_detection",
     "evaluate_linear_probe",
     "evaluate_retrieval",
@@ -64,15 +90,25 @@ __all__ = [
     "extract_features",
     "extract_linear_features",
     "extract_probe_features",
+    "feature_batches",
+    "finetune",
     "gem",
+    "generate_copy_detection_demo",
+    "generate_retrieval_demo",
+    "generate_video_demo",
     "global_features",
     "knn_classify",
     "knn_evaluate",
+    "labelled_source",
     "load_backbone",
     "load_features",
     "load_metric",
+    "load_retrieval_dataset",
     "prepare_image",
+    "probe_train_batches",
+    "processor_normalisation",
     "propagate_video",
+    "read_frames",
     "region_similarity",
     "save_attention_grid",
     "save_features",
