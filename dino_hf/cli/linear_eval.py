@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from ..evaluation import (
     train_linear_probe,
     train_linear_probe_on_features,
 )
+from . import configure_logging
 from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
 
 
@@ -100,7 +100,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Train and report the probe; returns `{"mode", "best_top1", "best", "heads", "history"}`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     accelerator = Accelerator()
     set_seed(args.seed)  # the heads' initialisation: a run is repeatable
     model = load_backbone(args.model_name_or_path)
