@@ -18,9 +18,8 @@ import json
 
 import torch
 
-from ..evaluation import extract_features, knn_evaluate, load_backbone
-from ..evaluation.eval_data import eval_batches, labelled_source
-from ..image_processing_dino import processor_normalisation
+from ..evaluation import eval_batches, extract_features, knn_evaluate, labelled_source, load_backbone
+from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,20 +30,9 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> dict:
     """Parse the flags and run. The k-NN accuracies: `{k: {"top1": ..., "top5": ...}}` (percent)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="A DinoViTModel folder, Hub id or training run.")
-    parser.add_argument(
-        "--dataset_name", default="embedded", help="Any source of docs/data.md ('embedded', a Hub id...)."
-    )
-    parser.add_argument("--data_files", default=None, help="Data files for parquet/webdataset/local sources.")
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="validation")
-    parser.add_argument("--image_column", default=None)
-    parser.add_argument("--label_column", default=None)
-    parser.add_argument("--image_size", type=int, default=None, help="Crop size (default: the model's image_size).")
+    add_eval_data_arguments(parser, {"train_split": ("train", None), "eval_split": ("validation", None)})
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100, 200], help="Numbers of neighbours.")
     parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--output_file", default=None, help="Write the accuracies as JSON here.")
@@ -52,22 +40,11 @@ def run(argv: list[str] | None = None) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_backbone(args.model_name_or_path).to(device)
-    image_size = args.image_size or model.config.image_size
-    mean, std = processor_normalisation(args.model_name_or_path)
+    options = eval_batch_options(args, model, device)
     features = {}
     for split, limit in ((args.train_split, args.max_train_samples), (args.eval_split, args.max_eval_samples)):
-        data = {"data_files": args.data_files, "image_column": args.image_column, "label_column": args.label_column}
-        source = labelled_source(args.dataset_name, split, **data)
-        batches = eval_batches(
-            source,
-            image_size=image_size,
-            mean=mean,
-            std=std,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            device=device,
-            max_images=limit,
-        )
+        source = labelled_source(args.dataset_name, split, **dataset_options(args))
+        batches = eval_batches(source, max_images=limit, **options)
         features[split] = extract_features(model, batches, normalize=True, device=device)
     train, test = features[args.train_split], features[args.eval_split]
     ks = [k for k in args.ks if k <= len(train["labels"])]

@@ -83,7 +83,8 @@ def export_pretrained(
 
 def save_attention_picture(backbone: DinoViTModel, image: Image.Image, path: Path, **normalisation) -> Path:
     """The backbone's last-block attention maps of `image` (shorter side resized to the model's image size)."""
-    from ..evaluation.attention import attention_maps, prepare_image, save_attention_grid, threshold_attention
+    from ..evaluation.attention import attention_maps, save_attention_grid, threshold_attention
+    from ..image_processing_dino import prepare_image
 
     image, pixels = prepare_image(image, backbone.config.image_size, backbone.config.patch_size, **normalisation)
     maps = attention_maps(backbone, pixels)[0].float()
