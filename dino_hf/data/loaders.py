@@ -1,5 +1,5 @@
 # Copyright 2026 The dino_hf authors. Licensed under the Apache License, Version 2.0.
-"""From records to padded uint8 batches: decoding in DataLoader workers, bad-record handling, and the two loaders.
+"""The two loaders: records of a source -> padded uint8 batches, decoded in DataLoader workers.
 
 - [`build_pretraining_loader`]: an endless, shuffled, exactly resumable stream of [`ImageBatch`]es.
 - [`build_eval_loader`]: every record exactly once, in a fixed order (k-NN, linear probe, feature export).

@@ -1,5 +1,5 @@
-"""Feature extraction: the paper's evaluation preprocessing as a transformers image processor, pipeline-ready saved
-folders, and batch extraction of features to a safetensors or parquet file.
+"""Feature extraction: pipeline-ready saved folders (the backbone with `dino_image_processor`), the backbone of any
+saved folder, the linear-evaluation feature layouts, and batch extraction of features to a safetensors or parquet file.
 
 After `import dino_hf`, a folder saved by [`save_model_with_processor`] works with transformers' pipeline:
 
