@@ -145,6 +145,11 @@ class DinoConfig(PreTrainedConfig):
 
     def check_values(self) -> None:
         """Raise a `ValueError` naming the first invalid field, so mistakes fail here and not as a shape error."""
+        self._check_backbone()
+        self._check_ranges()
+        self._check_linear_features()
+
+    def _check_backbone(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"DinoConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}.")
         self.resnet_hidden_sizes, self.resnet_depths = list(self.resnet_hidden_sizes), list(self.resnet_depths)
@@ -179,6 +184,8 @@ class DinoConfig(PreTrainedConfig):
             raise ValueError(
                 f"DinoConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})."
             )
+
+    def _check_ranges(self) -> None:
         if not self.mlp_ratio > 0:
             raise ValueError(f"DinoConfig.mlp_ratio must be positive, got {self.mlp_ratio!r}.")
         if not self.layer_norm_eps > 0:
@@ -190,6 +197,10 @@ class DinoConfig(PreTrainedConfig):
         for name in ("student_temp", "teacher_temp"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"DinoConfig.{name} must be a positive temperature, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.center_momentum <= 1.0:
+            raise ValueError(f"DinoConfig.center_momentum must be in [0, 1], got {self.center_momentum!r}.")
+
+    def _check_linear_features(self) -> None:
         if isinstance(self.n_last_blocks, bool) or not 1 <= self.n_last_blocks <= self.num_hidden_layers:
             raise ValueError(
                 f"DinoConfig.n_last_blocks must be between 1 and num_hidden_layers ({self.num_hidden_layers}), "
@@ -200,8 +211,6 @@ class DinoConfig(PreTrainedConfig):
                 "A ResNet's linear-evaluation feature is its pooled last stage: DinoConfig.n_last_blocks must be 1 and "
                 "avgpool_patchtokens False."
             )
-        if not 0.0 <= self.center_momentum <= 1.0:
-            raise ValueError(f"DinoConfig.center_momentum must be in [0, 1], got {self.center_momentum!r}.")
 
     def validate_dino_values(self):
         """Part of the strict-dataclass validation that `save_pretrained` runs again."""
@@ -259,17 +268,20 @@ class DinoConfig(PreTrainedConfig):
         )
 
     @classmethod
-    def from_preset(cls, name: str, patch_size: int = 16, **overrides: Any) -> DinoConfig:
+    def from_preset(cls, name: str, patch_size: int | None = None, **overrides: Any) -> DinoConfig:
         """Build the configuration of one of the paper's backbones.
 
         Args:
             name: `"vit_tiny"`, `"vit_small"`, `"vit_base"` or `"resnet50"`.
-            patch_size: 16 or 8 in the paper (any divisor of `image_size` works; unused by the ResNet).
+            patch_size: 16 or 8 in the paper (any divisor of `image_size` works; unused by the ResNet); defaults to
+                the field's default.
             **overrides: any other field, e.g. `out_dim=4096` or `drop_path_rate=0.0`.
         """
         if name not in _PRESETS:
             raise ValueError(f"Unknown DINO preset {name!r}; choose one of {sorted(_PRESETS)}.")
-        return cls(**{**_PRESETS[name], "patch_size": patch_size, **overrides})
+        if patch_size is not None:
+            overrides["patch_size"] = patch_size
+        return cls(**{**_PRESETS[name], **overrides})
 
 
 __all__ = ["DinoConfig"]

@@ -645,12 +645,12 @@ class DinoHead(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 65536,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        num_layers: int = 3,
-        use_bn: bool = False,
-        norm_last_layer: bool = True,
+        out_dim: int = DinoConfig.out_dim,
+        hidden_dim: int = DinoConfig.head_hidden_dim,
+        bottleneck_dim: int = DinoConfig.head_bottleneck_dim,
+        num_layers: int = DinoConfig.head_num_layers,
+        use_bn: bool = DinoConfig.use_bn_in_head,
+        norm_last_layer: bool = DinoConfig.norm_last_layer,
         float32_last_layer: bool = DinoConfig.float32_last_layer,
     ) -> None:
         super().__init__()

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configuration_dino import DinoConfig
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 from .resample import bicubic_resample_weights, resample
 
@@ -97,7 +98,7 @@ class MultiCropConfig:
     """
 
     global_crops_number: int = 2
-    global_crops_size: int = 224
+    global_crops_size: int = DinoConfig.image_size  # the model's resolution
     global_crops_scale: tuple[float, float] = (0.4, 1.0)
     local_crops_number: int = 10
     local_crops_size: int = 96
@@ -119,6 +120,15 @@ class MultiCropConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
+        self._check_crops()
+        self._check_photometric()
+        self.mean = _as_float_tuple(self.mean, 3, "mean")
+        self.std = _as_float_tuple(self.std, 3, "std")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"MultiCropConfig.std must be positive, got {self.std!r}.")
+
+    def _check_crops(self) -> None:
+        """Validate the crop counts, sizes, scales and aspect ratios; normalise sequences to tuples."""
         for name in ("global_crops_number", "global_crops_size", "local_crops_number", "local_crops_size"):
             value = getattr(self, name)
             minimum = 0 if name == "local_crops_number" else 1
@@ -133,6 +143,9 @@ class MultiCropConfig:
         if not 0.0 < low <= high:
             raise ValueError(f"MultiCropConfig.ratio must satisfy 0 < low <= high, got {(low, high)}.")
         self.ratio = (low, high)
+
+    def _check_photometric(self) -> None:
+        """Validate the probabilities and strengths of the photometric operations; normalise them to floats."""
         for name in ("flip_p", "color_jitter_p", "grayscale_p", "blur_p_local", "solarize_threshold"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
@@ -159,10 +172,6 @@ class MultiCropConfig:
             if not all(0.0 <= v <= 1.0 for v in values):
                 raise ValueError(f"MultiCropConfig.{name} must hold probabilities in [0, 1], got {values!r}.")
             setattr(self, name, values)
-        self.mean = _as_float_tuple(self.mean, 3, "mean")
-        self.std = _as_float_tuple(self.std, 3, "std")
-        if not all(s > 0 for s in self.std):
-            raise ValueError(f"MultiCropConfig.std must be positive, got {self.std!r}.")
 
     def to_dict(self) -> dict:
         """A JSON-serialisable copy (tuples become lists)."""

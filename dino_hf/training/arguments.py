@@ -1,7 +1,8 @@
 """Command-line arguments of DINO pretraining, as typed dataclasses (`transformers.HfArgumentParser` reads them).
 
 Flag names follow the reference implementation (`main_dino.py`) where it has one, so its users can switch without a
-dictionary, and Hugging Face conventions for the rest. Every default is the paper's ViT-S/16 recipe.
+dictionary, and Hugging Face conventions for the rest. Every default is the paper's ViT-S/16 recipe, read from
+the one place it is written (`DinoConfig`, `MultiCropConfig`, `DinoSchedules`) with `mirrored_field`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..configuration_dino import DinoConfig
+from ..data.augmentation import MultiCropConfig
+from .defaults import mirrored_field
 from .optimization import OPTIMIZERS
+from .schedules import DinoSchedules
 
 
 def _help(text: str, **kwargs) -> dict:
@@ -35,17 +40,18 @@ def masked_arguments(*arguments: Any) -> dict[str, Any]:
 @dataclass
 class DinoModelArguments:
     arch: str = field(default="vit_small", **_help("Backbone preset: vit_tiny, vit_small, vit_base or resnet50."))
-    patch_size: int = field(default=16, **_help("Patch size in pixels (16 or 8 in the paper)."))
-    out_dim: int = field(default=65536, **_help("Number of prototypes K of the DINO head."))
-    norm_last_layer: bool = field(
-        default=True,
-        **_help(
-            "Fix the weight-norm scale of the head's last layer at 1 (the reference's default: more stable; its "
-            "README trains ViT-S/16 with false for the best results, ViT-B/16 with true)."
-        ),
+    patch_size: int = mirrored_field(DinoConfig, "patch_size", "Patch size in pixels (16 or 8 in the paper).")
+    out_dim: int = mirrored_field(DinoConfig, "out_dim", "Number of prototypes K of the DINO head.")
+    norm_last_layer: bool = mirrored_field(
+        DinoConfig,
+        "norm_last_layer",
+        "Fix the weight-norm scale of the head's last layer at 1 (the reference's default: more stable; its "
+        "README trains ViT-S/16 with false for the best results, ViT-B/16 with true).",
     )
-    use_bn_in_head: bool = field(default=False, **_help("BatchNorm in the head's MLP (False for ViTs)."))
-    drop_path_rate: float = field(default=0.1, **_help("Stochastic depth rate of the student."))
+    use_bn_in_head: bool = mirrored_field(
+        DinoConfig, "use_bn_in_head", "BatchNorm in the head's MLP (False for ViTs)."
+    )
+    drop_path_rate: float = mirrored_field(DinoConfig, "drop_path_rate", "Stochastic depth rate of the student.")
     config_overrides: str | None = field(
         default=None,
         **_help(
@@ -107,15 +113,19 @@ class DinoDataArguments:
     max_bad_fraction: float = field(
         default=0.5, **_help("Stop with an error when more than this fraction of records cannot be decoded.")
     )
-    global_crops_size: int = field(default=224, **_help("Side of the global crops (also the model's image_size)."))
-    local_crops_size: int = field(default=96, **_help("Side of the local crops."))
-    global_crops_scale: list[float] = field(
-        default_factory=lambda: [0.4, 1.0], **_help("Area range of the global crops, as a fraction of the image.")
+    global_crops_size: int = mirrored_field(
+        MultiCropConfig, "global_crops_size", "Side of the global crops (also the model's image_size)."
     )
-    local_crops_scale: list[float] = field(
-        default_factory=lambda: [0.05, 0.4], **_help("Area range of the local crops, as a fraction of the image.")
+    local_crops_size: int = mirrored_field(MultiCropConfig, "local_crops_size", "Side of the local crops.")
+    global_crops_scale: list[float] = mirrored_field(
+        MultiCropConfig, "global_crops_scale", "Area range of the global crops, as a fraction of the image."
     )
-    local_crops_number: int = field(default=10, **_help("Local crops per image (0 disables multi-crop)."))
+    local_crops_scale: list[float] = mirrored_field(
+        MultiCropConfig, "local_crops_scale", "Area range of the local crops, as a fraction of the image."
+    )
+    local_crops_number: int = mirrored_field(
+        MultiCropConfig, "local_crops_number", "Local crops per image (0 disables multi-crop)."
+    )
     augmentation_overrides: str | None = field(
         default=None,
         **_help(
@@ -164,17 +174,23 @@ class DinoTrainingArguments:
         **_help("Optimizer steps per epoch; defaults to dataset size / total batch (needed for streams)."),
     )
     max_steps: int = field(default=-1, **_help("Stop after this many steps (the schedules still span --epochs)."))
-    lr: float = field(
-        default=5e-4, **_help("Peak learning rate at a total batch of 256; scaled linearly with the total batch.")
+    lr: float = mirrored_field(
+        DinoSchedules, "lr", "Peak learning rate at a total batch of 256; scaled linearly with the total batch."
     )
-    min_lr: float = field(default=1e-6, **_help("Final learning rate of the cosine schedule."))
-    warmup_epochs: float = field(default=10, **_help("Linear learning-rate warm-up, in epochs."))
-    weight_decay: float = field(default=0.04, **_help("Initial weight decay (cosine schedule)."))
-    weight_decay_end: float = field(default=0.4, **_help("Final weight decay."))
-    momentum_teacher: float = field(default=0.996, **_help("Initial teacher EMA momentum (cosine to 1)."))
-    teacher_temp: float = field(default=0.07, **_help("Teacher temperature after the warm-up."))
-    warmup_teacher_temp: float = field(default=0.04, **_help("Initial teacher temperature."))
-    warmup_teacher_temp_epochs: int = field(default=30, **_help("Epochs of linear teacher-temperature warm-up."))
+    min_lr: float = mirrored_field(DinoSchedules, "min_lr", "Final learning rate of the cosine schedule.")
+    warmup_epochs: float = mirrored_field(DinoSchedules, "warmup_epochs", "Linear learning-rate warm-up, in epochs.")
+    weight_decay: float = mirrored_field(DinoSchedules, "weight_decay", "Initial weight decay (cosine schedule).")
+    weight_decay_end: float = mirrored_field(DinoSchedules, "weight_decay_end", "Final weight decay.")
+    momentum_teacher: float = mirrored_field(
+        DinoSchedules, "momentum_teacher", "Initial teacher EMA momentum (cosine to 1)."
+    )
+    teacher_temp: float = mirrored_field(
+        DinoSchedules, "teacher_temp", "Teacher temperature after the warm-up (the exported config records it)."
+    )
+    warmup_teacher_temp: float = mirrored_field(DinoSchedules, "warmup_teacher_temp", "Initial teacher temperature.")
+    warmup_teacher_temp_epochs: int = mirrored_field(
+        DinoSchedules, "warmup_teacher_temp_epochs", "Epochs of linear teacher-temperature warm-up."
+    )
     optimizer: str = field(
         default="adamw",
         **_help("adamw (the ViTs), sgd (momentum 0.9, the ResNet-50 recipe) or lars (convnets, large batches)."),
@@ -187,7 +203,9 @@ class DinoTrainingArguments:
             "results match the paper); global: clip the joint norm of all gradients (torch's clip_grad_norm_)."
         ),
     )
-    freeze_last_layer: float = field(default=1, **_help("Epochs during which the head's last layer is frozen."))
+    freeze_last_layer: float = mirrored_field(
+        DinoSchedules, "freeze_last_layer", "Epochs during which the head's last layer is frozen."
+    )
     mixed_precision: str = field(
         default="auto",
         **_help("no, fp16, bf16 (accelerate's spelling) or auto: bf16 where the GPU has it, else fp16; no on CPU."),

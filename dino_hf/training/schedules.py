@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..configuration_dino import DinoConfig
+from .defaults import field_default
+
 
 def cosine_schedule(
     step: int,
@@ -98,7 +101,7 @@ class DinoSchedules:
     weight_decay_end: float = 0.4
     momentum_teacher: float = 0.996
     warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
+    teacher_temp: float = field_default(DinoConfig, "teacher_temp")
     warmup_teacher_temp_epochs: int = 30
     freeze_last_layer: float = 1
 

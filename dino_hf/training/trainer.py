@@ -118,7 +118,7 @@ def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
 StepCallback = Callable[[int, Any, DinoSelfDistillationOutput, DinoForSelfDistillation], None]
 
 
-def pretrain(
+def pretrain(  # noqa: C901, PLR0915 (split into DinoPretrainer next)
     model_args: DinoModelArguments,
     data_args: DinoDataArguments,
     training_args: DinoTrainingArguments,
