@@ -7,7 +7,7 @@ from .schedules import DinoSchedules, ScheduleValues
 
 
 def pretrain(*args, **kwargs):
-    """See `dino_hf.training.trainer.pretrain` (imported lazily: it pulls in the data pipeline)."""
+    """See `dino_hf.training.trainer.pretrain` (imported lazily: it pulls in accelerate and the evaluation code)."""
     from .trainer import pretrain as _pretrain
 
     return _pretrain(*args, **kwargs)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..configuration_dino import DinoConfig
-from ..data.augmentation import MultiCropConfig
+from ..data import DEFAULT_DATASET_NAME, MultiCropConfig
 from .defaults import mirrored_field
 from .optimization import OPTIMIZERS
 from .schedules import DinoSchedules
@@ -85,8 +85,7 @@ class DinoDataArguments:
     """Where the images come from, how they are cropped, and the optional k-NN monitor."""
 
     dataset_name: str = field(
-        # Same value as dino_hf.data.DEFAULT_DATASET_NAME (not imported: this module must not need `datasets`).
-        default="timm/imagenet-1k-wds",
+        default=DEFAULT_DATASET_NAME,
         **_help(
             "A Hub dataset id (default: ImageNet-1k as webdataset shards, gated: accept its terms on the Hub and log "
             "in), a local imagefolder directory, parquet files or webdataset .tar shards (see docs/data.md), or "
