@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,8 @@ def load_config_file(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args, demo = parse_arguments(sys.argv[1:] if argv is None else argv)
+    # The program, not the library, configures logging.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if demo:
         print("No arguments: running the offline demo recipe (see docs/training.md). Use --help for all flags.")
     start = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,22 +67,29 @@ class KnnMonitor:
         self._cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     @classmethod
-    def from_arguments(cls, data_args, image_size: int, accelerator=None, mean=None, std=None) -> KnnMonitor | None:
-        """Build the monitor from the pretraining data arguments; None (with a log line) when there are no labels."""
-        name = data_args.knn_dataset_name or data_args.dataset_name
-        same_dataset = data_args.knn_dataset_name is None
+    def from_dataset(
+        cls,
+        name: str,
+        image_size: int,
+        *,
+        train_split: str = "train",
+        eval_split: str = "validation",
+        load_options: dict[str, Any] | None = None,
+        **monitor_options: Any,
+    ) -> KnnMonitor | None:
+        """The monitor on the splits `train_split` (memory bank) and `eval_split` (queries) of the dataset `name`;
+        None (with a log line) when they cannot be loaded or have no labels.
+
+        Args:
+            name: what `load_image_dataset` takes (a Hub id, a local folder, files, `"embedded"`).
+            image_size: side of the evaluation crops.
+            load_options: further keyword arguments of `load_image_dataset` (`data_files`, `streaming`,
+                `image_column`, `label_column`, `embedded_options`).
+            **monitor_options: keyword arguments of `KnnMonitor` (`train_samples`, `k`, `device`, ...).
+        """
         try:
             sources = [
-                load_image_dataset(
-                    name,
-                    split=split,
-                    data_files=data_args.data_files if same_dataset else None,
-                    streaming=data_args.streaming,
-                    image_column=data_args.image_column if same_dataset else None,
-                    label_column=data_args.label_column if same_dataset else None,
-                    embedded_options=data_args.embedded_options_dict() if same_dataset else None,
-                )
-                for split in (data_args.knn_train_split, data_args.knn_eval_split)
+                load_image_dataset(name, split=split, **(load_options or {})) for split in (train_split, eval_split)
             ]
         except (ValueError, FileNotFoundError, KeyError) as error:
             logger.info("k-NN monitor off: %s", error)
@@ -89,18 +97,7 @@ class KnnMonitor:
         if any(source.label_column is None for source in sources):
             logger.info("k-NN monitor off: %s has no label column.", name)
             return None
-        return cls(
-            sources[0],
-            sources[1],
-            image_size,
-            train_samples=data_args.knn_train_samples,
-            eval_samples=data_args.knn_eval_samples,
-            k=data_args.knn_k,
-            num_workers=min(2, data_args.num_workers),
-            mean=mean,
-            std=std,
-            device=accelerator.device if accelerator is not None else "cpu",
-        )
+        return cls(sources[0], sources[1], image_size, **monitor_options)
 
     def _batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if split in self._cache:

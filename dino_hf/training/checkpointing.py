@@ -21,12 +21,16 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
+
+from .monitoring import NON_FINITE_ADVICE, NonFiniteLossError
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -290,3 +294,89 @@ def restore_rng(
     for index, generator in enumerate((generators or {}).values()):
         generator.manual_seed(words[3] + index)
     return False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Orchestration: what the trainer calls
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: its checkpoint, step, images seen, metric history and data-stream states."""
+
+    checkpoint: Path
+    global_step: int
+    images_seen: int
+    history: list[dict[str, Any]]
+    stream_states: list[dict[str, Any] | None] | None
+
+
+def resume_training(
+    spec: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    accelerator: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    *,
+    seed: int,
+    total_batch: int,
+) -> ResumePoint:
+    """Load the checkpoint `spec` (`"latest"` or a folder) into `model`, `optimizer`, the grad scaler and the random
+    generators of this process. Any number of processes and workers: exact with the saved ones, elastic otherwise
+    (docs/training.md)."""
+    checkpoint = resolve_checkpoint(spec, output_dir)
+    state = load_trainer_state(checkpoint)
+    model.load_state_dict(load_model_state(checkpoint, accelerator.device))
+    optimizer.load_state_dict(load_optimizer_state(checkpoint))
+    if state.get("scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    restore_rng(checkpoint, state, accelerator.process_index, accelerator.num_processes, seed, generators)
+    global_step, images_seen = resume_position(state, total_batch)
+    return ResumePoint(checkpoint, global_step, images_seen, state["history"], state["stream_states"])
+
+
+def save_training_checkpoint(
+    accelerator: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    output_dir: str | os.PathLike,
+    global_step: int,
+    stream_state: dict[str, Any] | None,
+    trainer_state: dict[str, Any],
+    save_total_limit: int | None = None,
+) -> Path | None:
+    """Atomic checkpoint on every process: each writes its random state into the staging folder, the main process
+    the model, optimizer, stream positions of every process, grad-scaler state and `trainer_state` (history,
+    arguments, ...). Returns the checkpoint folder on the main process, None on the others.
+
+    Raises `NonFiniteLossError` (before writing anything) when a parameter is NaN or infinite: a non-finite model
+    must never replace the last good checkpoint.
+    """
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    if not bool(finite):
+        raise NonFiniteLossError(
+            f"Parameters are NaN or infinite at step {global_step}; not saving. " + NON_FINITE_ADVICE
+        )
+    world_size = accelerator.num_processes
+    stream_states = gather_object([stream_state]) if world_size > 1 else [stream_state]
+    if accelerator.is_main_process:
+        begin_checkpoint(output_dir, global_step)
+    accelerator.wait_for_everyone()
+    save_rng(staging_dir(output_dir, global_step), accelerator.process_index, generators)
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        save_model_and_optimizer(staging_dir(output_dir, global_step), model.state_dict(), optimizer.state_dict())
+        state = {
+            "global_step": global_step,
+            "world_size": world_size,
+            "stream_states": stream_states,
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            **trainer_state,
+        }
+        path = finish_checkpoint(output_dir, global_step, state, save_total_limit)
+    accelerator.wait_for_everyone()
+    return path

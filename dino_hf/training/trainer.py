@@ -1,7 +1,16 @@
 """DINO pretraining on accelerate: one `Accelerator`, `prepare`, `accelerator.backward`.
 
-Read `pretrain` top to bottom: set-up, resume, the step (augment on the device -> teacher and student -> loss ->
-backward -> clip -> optimizer -> EMA), logging, checkpoints, k-NN, export.
+`DinoPretrainer` runs a pretraining in four phases; read them top to bottom:
+
+1. `setup()`: the accelerator; the arguments become config objects (`DinoConfig`, `MultiCropConfig`,
+   `DinoSchedules`); the data source, the model (random, released weights or a run), the optimizer and the
+   augmentation on the device.
+2. `resume()`: continue from `--resume_from_checkpoint` (checkpointing.py: model, optimizer, random state, position).
+3. `train()`: the loader and the monitors, then `train_step_and_log(batch)` per micro-batch: augment on the device ->
+   teacher and student -> loss -> backward -> clip -> optimizer -> EMA, then logging, k-NN and checkpoints.
+4. `finish()`: the last checkpoint, the last k-NN evaluation, export (and upload to the Hub).
+
+`pretrain(model_args, data_args, training_args)` runs the four phases.
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from ..configuration_dino import DinoConfig
 from ..data import (
     DataStats,
     DinoMultiCropAugmentation,
+    ImageSource,
     MultiCropConfig,
     build_pretraining_loader,
     load_image_dataset,
@@ -34,15 +44,17 @@ from . import checkpointing as ckpt
 from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments, masked_arguments
 from .export import publish_run, training_summary
 from .initialization import initial_model
-from .monitoring import NON_FINITE_ADVICE, CollapseMonitor, MetricAccumulator, NonFiniteLossError, non_finite_error
+from .monitoring import CollapseMonitor, MetricAccumulator, non_finite_error
 from .optimization import create_optimizer
 from .performance import compile_blocks
 from .publishing import prepare_hub_repo, run_on_main_process
-from .schedules import DinoSchedules
+from .schedules import DinoSchedules, ScheduleValues
 from .step import DinoTrainingStep, resolve_gradient_accumulation_steps
 
 
 logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, Any, DinoSelfDistillationOutput, DinoForSelfDistillation], None]
 
 
 @dataclass
@@ -56,6 +68,11 @@ class PretrainingResult:
     export_dir: Path | None = None
     data_stats: dict[str, Any] = field(default_factory=dict)
     model: DinoForSelfDistillation | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments -> config objects
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def resolve_mixed_precision(mode: str) -> str:
@@ -72,6 +89,7 @@ def resolve_mixed_precision(mode: str) -> str:
 
 
 def build_model_config(model_args: DinoModelArguments, data_args: DinoDataArguments) -> DinoConfig:
+    """The `DinoConfig` of the model flags: the `--arch` preset, the flags, then `--config_overrides`."""
     overrides: dict[str, Any] = {
         "image_size": data_args.global_crops_size,
         "out_dim": model_args.out_dim,
@@ -102,6 +120,7 @@ def _parse_scalar(value: str) -> Any:
 
 
 def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
+    """The `MultiCropConfig` of the crop flags and `--augmentation_overrides`."""
     overrides = json.loads(data_args.augmentation_overrides) if data_args.augmentation_overrides else {}
     return MultiCropConfig(
         **{
@@ -115,65 +134,9 @@ def multicrop_config(data_args: DinoDataArguments) -> MultiCropConfig:
     )
 
 
-StepCallback = Callable[[int, Any, DinoSelfDistillationOutput, DinoForSelfDistillation], None]
-
-
-def pretrain(  # noqa: C901, PLR0915 (split into DinoPretrainer next)
-    model_args: DinoModelArguments,
-    data_args: DinoDataArguments,
-    training_args: DinoTrainingArguments,
-    step_callback: StepCallback | None = None,
-) -> PretrainingResult:
-    """Pretrain DINO; returns where the checkpoints and the exported teacher backbone are, and the metrics.
-
-    `step_callback(global_step, batch, output, model)`, if given, runs after every optimizer step and EMA update (on
-    every process) with the step's `ImageBatch`, its `DinoSelfDistillationOutput` and the unwrapped model, e.g. to
-    inspect the data or stop the run by raising.
-    """
-    # ----------------------------------------------------------------------------------------------- set-up
-    output_dir = Path(training_args.output_dir)
-    report_to = [] if training_args.report_to == "none" else training_args.report_to.split(",")
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(training_args.mixed_precision),
-        gradient_accumulation_steps=resolve_gradient_accumulation_steps(training_args.gradient_accumulation_steps),
-        log_with=report_to or None,
-        project_dir=str(output_dir),
-        # The center is all-reduced inside forward, and the teacher is not trained: no buffer broadcasts needed.
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise NotImplementedError(
-            f"dino_hf pretraining runs on DDP (one or many GPUs and machines); {accelerator.distributed_type} is not "
-            "supported yet: the teacher EMA and the checkpoints need full parameters on every process. See "
-            "docs/training.md (Distributed training)."
-        )
-    rank, world_size = accelerator.process_index, accelerator.num_processes
-    set_seed(training_args.seed)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    # Log in and create the Hub repository now: a publishing problem must stop the run before training, not after.
-    hub_model_id = prepare_hub_repo(accelerator, training_args, output_dir) if training_args.push_to_hub else None
-
-    source = load_image_dataset(
-        data_args.dataset_name,
-        split=data_args.train_split,
-        data_files=data_args.data_files,
-        streaming=data_args.streaming,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        embedded_options=data_args.embedded_options_dict(),
-    )
-    total_batch = training_args.per_device_train_batch_size * world_size * accelerator.gradient_accumulation_steps
-    steps_per_epoch = training_args.steps_per_epoch
-    if steps_per_epoch is None:
-        if source.num_examples is None:
-            raise ValueError(
-                f"The size of {data_args.dataset_name!r} is unknown (a stream without metadata): pass "
-                "--steps_per_epoch (e.g. 1281167 // total batch for ImageNet-1k)."
-            )
-        steps_per_epoch = max(1, source.num_examples // total_batch)
-    schedules = DinoSchedules(
+def build_schedules(training_args: DinoTrainingArguments, steps_per_epoch: int, total_batch: int) -> DinoSchedules:
+    """The `DinoSchedules` of the optimisation flags; the learning rate scales linearly with the total batch."""
+    return DinoSchedules(
         steps_per_epoch=steps_per_epoch,
         epochs=training_args.epochs,
         lr=training_args.lr * total_batch / 256.0,
@@ -187,290 +150,419 @@ def pretrain(  # noqa: C901, PLR0915 (split into DinoPretrainer next)
         warmup_teacher_temp_epochs=training_args.warmup_teacher_temp_epochs,
         freeze_last_layer=training_args.freeze_last_layer,
     )
-    max_steps = schedules.total_steps if training_args.max_steps < 0 else training_args.max_steps
 
-    with accelerator.main_process_first():  # one download of released weights; the other processes read the cache
-        start = initial_model(model_args, build_model_config(model_args, data_args))  # random, released, or a run
-    model, model_args = start.model, start.model_args
-    if model_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(accelerator.device)
-    if model.config.has_batch_norm and world_size > 1:
-        if accelerator.device.type in ("cuda", "xpu"):
-            # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's share.
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
-    optimizer = create_optimizer(
-        model.student, schedules.lr, schedules.weight_decay, optimizer=training_args.optimizer
+
+def create_accelerator(training_args: DinoTrainingArguments) -> Accelerator:
+    """The run's `Accelerator` (DDP on any number of GPUs and machines, or one CPU/GPU process)."""
+    report_to = [] if training_args.report_to == "none" else training_args.report_to.split(",")
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(training_args.mixed_precision),
+        gradient_accumulation_steps=resolve_gradient_accumulation_steps(training_args.gradient_accumulation_steps),
+        log_with=report_to or None,
+        project_dir=str(Path(training_args.output_dir)),
+        # The center is all-reduced inside forward, and the teacher is not trained: no buffer broadcasts needed.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    dino: DinoForSelfDistillation = accelerator.unwrap_model(model)
-    if model_args.torch_compile:
-        compile_blocks(dino)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise NotImplementedError(
+            f"dino_hf pretraining runs on DDP (one or many GPUs and machines); {accelerator.distributed_type} is not "
+            "supported yet: the teacher EMA and the checkpoints need full parameters on every process. See "
+            "docs/training.md (Distributed training)."
+        )
+    return accelerator
 
-    crop_config = multicrop_config(data_args)
-    augment = DinoMultiCropAugmentation(crop_config).to(accelerator.device)
-    # Each process draws different crops; the seed makes them reproducible.
-    generator = torch.Generator(device=accelerator.device).manual_seed(training_args.seed * 1000 + rank)
 
-    # ----------------------------------------------------------------------------------------------- resume
-    global_step, images_seen, history, stream_state = 0, 0, [], None
-    if training_args.resume_from_checkpoint:
-        checkpoint = ckpt.resolve_checkpoint(training_args.resume_from_checkpoint, output_dir)
-        state = ckpt.load_trainer_state(checkpoint)
-        dino.load_state_dict(ckpt.load_model_state(checkpoint, accelerator.device))
-        optimizer.load_state_dict(ckpt.load_optimizer_state(checkpoint))
-        if state.get("scaler") and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        # Any number of processes and workers: exact with the saved ones, elastic otherwise (docs/training.md).
-        ckpt.restore_rng(checkpoint, state, rank, world_size, training_args.seed, {"augment": generator})
-        (global_step, images_seen), history = ckpt.resume_position(state, total_batch), state["history"]
-        stream_state = state["stream_states"]
-        logger.info("Resumed from %s at step %d.", checkpoint, global_step)
-
-    loader = build_pretraining_loader(
-        source,
-        training_args.per_device_train_batch_size,
-        num_workers=data_args.num_workers,
-        seed=training_args.seed,
-        rank=rank,
-        world_size=world_size,
-        shuffle_buffer_size=data_args.shuffle_buffer_size,
-        resume_state=stream_state,
-        max_bad_fraction=data_args.max_bad_fraction,
-        pin_memory=accelerator.device.type == "cuda",
-        # Decode large JPEGs at reduced scale, but never below what the smallest crop needs.
-        decode_min_pixels=crop_config.decode_min_pixels,
+def load_source(data_args: DinoDataArguments) -> ImageSource:
+    """The images to pretrain on."""
+    return load_image_dataset(
+        data_args.dataset_name,
+        split=data_args.train_split,
+        data_files=data_args.data_files,
+        streaming=data_args.streaming,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        embedded_options=data_args.embedded_options_dict(),
     )
 
-    if report_to:
-        hyperparameters = masked_arguments(model_args, data_args, training_args)
-        # Trackers such as TensorBoard take only scalars and strings as hyper-parameters.
-        hyperparameters = {
-            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()
-        }
-        accelerator.init_trackers("dino_hf", config=hyperparameters)
-    knn_monitor = None
-    if accelerator.is_main_process and (data_args.knn_every_steps or data_args.knn_at_start_and_end):
-        from ..evaluation.knn_monitor import KnnMonitor
 
-        knn_monitor = KnnMonitor.from_arguments(
-            data_args, dino.config.image_size, accelerator, mean=crop_config.mean, std=crop_config.std
+def resolve_steps_per_epoch(
+    training_args: DinoTrainingArguments, data_args: DinoDataArguments, source: ImageSource, total_batch: int
+) -> int:
+    """`--steps_per_epoch`, else the dataset's size over the total batch."""
+    if training_args.steps_per_epoch is not None:
+        return training_args.steps_per_epoch
+    if source.num_examples is None:
+        raise ValueError(
+            f"The size of {data_args.dataset_name!r} is unknown (a stream without metadata): pass "
+            "--steps_per_epoch (e.g. 1281167 // total batch for ImageNet-1k)."
+        )
+    return max(1, source.num_examples // total_batch)
+
+
+def build_knn_monitor(data_args: DinoDataArguments, image_size: int, crop_config: MultiCropConfig, device):
+    """The k-NN monitor of `--knn_*` (None when the data has no labels), evaluated on the training device."""
+    from ..evaluation.knn_monitor import KnnMonitor
+
+    same_dataset = data_args.knn_dataset_name is None
+    load_options = {"streaming": data_args.streaming}
+    if same_dataset:  # the training data's files and columns; another dataset is detected from scratch
+        load_options.update(
+            data_files=data_args.data_files,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            embedded_options=data_args.embedded_options_dict(),
+        )
+    return KnnMonitor.from_dataset(
+        data_args.knn_dataset_name or data_args.dataset_name,
+        image_size,
+        train_split=data_args.knn_train_split,
+        eval_split=data_args.knn_eval_split,
+        load_options=load_options,
+        train_samples=data_args.knn_train_samples,
+        eval_samples=data_args.knn_eval_samples,
+        k=data_args.knn_k,
+        num_workers=min(2, data_args.num_workers),
+        mean=crop_config.mean,
+        std=crop_config.std,
+        device=device,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DinoPretrainer:
+    """One DINO pretraining run: `setup()`, `resume()`, `train()`, `finish()` (see the module docstring).
+
+    `step_callback(global_step, batch, output, model)`, if given, runs after every optimizer step and EMA update (on
+    every process) with the step's `ImageBatch`, its `DinoSelfDistillationOutput` and the unwrapped model, e.g. to
+    inspect the data or stop the run by raising.
+    """
+
+    def __init__(
+        self,
+        model_args: DinoModelArguments,
+        data_args: DinoDataArguments,
+        training_args: DinoTrainingArguments,
+        step_callback: StepCallback | None = None,
+    ) -> None:
+        self.model_args, self.data_args, self.args = model_args, data_args, training_args
+        self.step_callback = step_callback
+        self.output_dir = Path(training_args.output_dir)
+        self.global_step, self.images_seen, self.history, self.stream_state = 0, 0, [], None
+        self.metrics, self.data_stats = MetricAccumulator(), _DataStatsLog()
+
+    # ------------------------------------------------------------------------------------------------ 1. set-up
+    def setup(self) -> None:
+        """Accelerator, config objects, data source, model, optimizer and augmentation."""
+        args = self.args
+        self.accelerator = accelerator = create_accelerator(args)
+        self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
+        set_seed(args.seed)
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Log in and create the Hub repository now: a publishing problem must stop the run before training, not after.
+        self.hub_model_id = prepare_hub_repo(accelerator, args, self.output_dir) if args.push_to_hub else None
+
+        self.source = load_source(self.data_args)
+        self.total_batch = args.per_device_train_batch_size * self.world_size * accelerator.gradient_accumulation_steps
+        self.steps_per_epoch = resolve_steps_per_epoch(args, self.data_args, self.source, self.total_batch)
+        self.schedules = build_schedules(args, self.steps_per_epoch, self.total_batch)
+        self.max_steps = self.schedules.total_steps if args.max_steps < 0 else args.max_steps
+        self.crop_config = multicrop_config(self.data_args)
+        self._build_model()
+        self.augment = DinoMultiCropAugmentation(self.crop_config).to(accelerator.device)
+        # Each process draws different crops; the seed makes them reproducible.
+        self.generator = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1000 + self.rank)
+
+    def _build_model(self) -> None:
+        accelerator, world_size = self.accelerator, self.world_size
+        with accelerator.main_process_first():  # one download of released weights; the other processes read the cache
+            self.start = initial_model(self.model_args, build_model_config(self.model_args, self.data_args))
+        model, self.model_args = self.start.model, self.start.model_args
+        # The loss takes the scheduled temperature; the config records the one the run ends with (and exports).
+        model.config.teacher_temp = float(self.schedules.teacher_temp)
+        if self.model_args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.to(accelerator.device)
+        if model.config.has_batch_norm and world_size > 1:
+            if accelerator.device.type in ("cuda", "xpu"):
+                # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's.
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
+        optimizer = create_optimizer(
+            model.student, self.schedules.lr, self.schedules.weight_decay, optimizer=self.args.optimizer
+        )
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.dino: DinoForSelfDistillation = accelerator.unwrap_model(self.model)
+        if self.model_args.torch_compile:
+            compile_blocks(self.dino)
+
+    # ------------------------------------------------------------------------------------------------ 2. resume
+    def resume(self) -> None:
+        """Continue from `--resume_from_checkpoint`, if given."""
+        if not self.args.resume_from_checkpoint:
+            return
+        point = ckpt.resume_training(
+            self.args.resume_from_checkpoint,
+            self.output_dir,
+            self.accelerator,
+            self.dino,
+            self.optimizer,
+            {"augment": self.generator},
+            seed=self.args.seed,
+            total_batch=self.total_batch,
+        )
+        self.global_step, self.images_seen, self.history = point.global_step, point.images_seen, point.history
+        self.stream_state = point.stream_states
+        logger.info("Resumed from %s at step %d.", point.checkpoint, self.global_step)
+
+    # ------------------------------------------------------------------------------------------------ 3. train
+    def train(self) -> None:
+        """Run `train_step_and_log` on every micro-batch until `max_steps` optimizer steps."""
+        self.loader = self._build_loader()
+        self._start_monitors()
+        if self.global_step == 0 and self.data_args.knn_at_start_and_end:
+            self.run_knn()  # the random-initialisation baseline
+        self.model.train()
+        self.window_start, self.window_images = time.perf_counter(), 0
+        self.last_stream_state = self.loader.state_dict()
+        for batch in self.loader:
+            if self.global_step >= self.max_steps:
+                break
+            self.train_step_and_log(batch)
+        self.progress.close()
+
+    def _build_loader(self):
+        """This process's share of the data, continuing the saved stream position after a resume."""
+        args, data_args = self.args, self.data_args
+        return build_pretraining_loader(
+            self.source,
+            args.per_device_train_batch_size,
+            num_workers=data_args.num_workers,
+            seed=args.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            shuffle_buffer_size=data_args.shuffle_buffer_size,
+            resume_state=self.stream_state,
+            max_bad_fraction=data_args.max_bad_fraction,
+            pin_memory=self.accelerator.device.type == "cuda",
+            # Decode large JPEGs at reduced scale, but never below what the smallest crop needs.
+            decode_min_pixels=self.crop_config.decode_min_pixels,
         )
 
-    def save_checkpoint() -> None:
-        if metrics.saw_non_finite():  # a skipped step since the last log: stop before writing anything
-            raise non_finite_error(global_step - global_step % training_args.logging_steps, global_step, output_dir)
-        _save_checkpoint(
+    def _start_monitors(self) -> None:
+        """Trackers, the k-NN monitor, the collapse monitor, the training step and the progress bar."""
+        accelerator, args, data_args = self.accelerator, self.args, self.data_args
+        if args.report_to != "none":
+            # Trackers such as TensorBoard take only scalars and strings as hyper-parameters.
+            hyperparameters = masked_arguments(self.model_args, data_args, args)
+            hyperparameters = {
+                k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()
+            }
+            accelerator.init_trackers("dino_hf", config=hyperparameters)
+        self.knn_monitor = None
+        if accelerator.is_main_process and (data_args.knn_every_steps or data_args.knn_at_start_and_end):
+            self.knn_monitor = build_knn_monitor(
+                data_args, self.dino.config.image_size, self.crop_config, accelerator.device
+            )
+        self.collapse = CollapseMonitor(out_dim=self.dino.config.out_dim)
+        self.train_step = DinoTrainingStep(
             accelerator,
-            dino,
-            optimizer,
-            generator,
-            output_dir,
-            global_step,
-            last_stream_state,
-            history,
-            training_args,
-            world_size,
-            {
-                "model_config": dino.config.to_dict(),
-                "multicrop_config": asdict(crop_config),
-                "base_model": start.base_model,
-                "images_seen": images_seen,
-                "total_batch": total_batch,
-            },
+            self.model,
+            self.optimizer,
+            args.clip_grad,
+            args.clip_grad_mode,
+            num_global_crops=self.crop_config.global_crops_number,
+        )
+        self.progress = tqdm(
+            total=self.max_steps,
+            initial=self.global_step,
+            disable=not (accelerator.is_main_process and args.progress_bar),
+            desc="pretraining",
+            unit="step",
+        )
+        logger.info(
+            "Pretraining %s (%.1fM parameters per network) on %s: %d processes x %d images, %d steps/epoch, %d steps.",
+            self.model_args.arch,
+            sum(p.numel() for p in self.dino.student.parameters()) / 1e6,
+            self.source.name,
+            self.world_size,
+            args.per_device_train_batch_size,
+            self.steps_per_epoch,
+            self.max_steps,
         )
 
-    def run_knn(step: int) -> None:
-        # Only the main process evaluates; the others wait at the barrier below.
-        if knn_monitor is not None:
-            accuracy = knn_monitor(dino.teacher.backbone)
-            history.append({"step": step, "knn_top1": accuracy})
-            accelerator.log({"eval/knn_top1": accuracy}, step=step)
-            logger.info("step %d: k-NN top-1 of the teacher %.2f%%", step, 100 * accuracy)
-        accelerator.wait_for_everyone()
-
-    collapse = CollapseMonitor(out_dim=dino.config.out_dim)
-    metrics = MetricAccumulator()
-    data_stats = _DataStatsLog()
-    train_step = DinoTrainingStep(
-        accelerator,
-        model,
-        optimizer,
-        training_args.clip_grad,
-        training_args.clip_grad_mode,
-        num_global_crops=crop_config.global_crops_number,
-    )
-    progress = tqdm(
-        total=max_steps,
-        initial=global_step,
-        disable=not (accelerator.is_main_process and training_args.progress_bar),
-        desc="pretraining",
-        unit="step",
-    )
-    logger.info(
-        "Pretraining %s (%.1fM parameters per network) on %s: %d processes x %d images, %d steps/epoch, %d steps.",
-        model_args.arch,
-        sum(p.numel() for p in dino.student.parameters()) / 1e6,
-        source.name,
-        world_size,
-        training_args.per_device_train_batch_size,
-        steps_per_epoch,
-        max_steps,
-    )
-
-    # ----------------------------------------------------------------------------------------------- loop
-    if global_step == 0 and data_args.knn_at_start_and_end:
-        run_knn(0)  # the random-initialisation baseline
-    model.train()
-    window_start, window_images = time.perf_counter(), 0
-    last_stream_state = loader.state_dict()
-    for batch in loader:
-        if global_step >= max_steps:
-            break
-        values = schedules(images_seen / total_batch)  # = global_step unless resumed with another total batch
-        data_stats.add(batch.stats)
-        batch = batch.to(accelerator.device, non_blocking=True)
-        crops = augment(batch.images, batch.sizes, generator=generator)
-        step = train_step(crops.global_crops, crops.local_crops, values)
-        last_stream_state = batch.stream_state
-        window_images += batch.images.shape[0] * world_size
+    def train_step_and_log(self, batch) -> None:
+        """One micro-batch: crops on the device, the training step; after an optimizer step, the metrics, the log,
+        the k-NN evaluation and the checkpoint when they are due."""
+        values = self.schedules(self.images_seen / self.total_batch)  # = global_step unless resumed at another batch
+        self.data_stats.add(batch.stats)
+        batch = batch.to(self.accelerator.device, non_blocking=True)
+        crops = self.augment(batch.images, batch.sizes, generator=self.generator)
+        step = self.train_step(crops.global_crops, crops.local_crops, values)
+        self.last_stream_state = batch.stream_state
+        self.window_images += batch.images.shape[0] * self.world_size
         if not step.optimizer_step:
-            continue  # a micro-batch of gradient accumulation
-        output, grad_norm = step.output, step.grad_norm
-
-        global_step += 1
-        images_seen += total_batch
-        metrics.add(
+            return  # a micro-batch of gradient accumulation
+        self.global_step += 1
+        self.images_seen += self.total_batch
+        output = step.output
+        self.metrics.add(
             non_finite=step.non_finite,
             loss=output.loss,
             teacher_entropy=output.teacher_entropy,
             kl_divergence=output.kl_divergence,
             teacher_mean_entropy=output.teacher_mean_entropy,
-            grad_norm=grad_norm,
+            grad_norm=step.grad_norm,
         )
-        progress.update(1)
-        if step_callback is not None:
-            step_callback(global_step, batch, output, dino)
+        self.progress.update(1)
+        if self.step_callback is not None:
+            self.step_callback(self.global_step, batch, output, self.dino)
+        step_number, last = self.global_step, self.global_step >= self.max_steps
+        if step_number % self.args.logging_steps == 0 or step_number == self.max_steps:
+            self.log(values)
+        if self.data_args.knn_every_steps and step_number % self.data_args.knn_every_steps == 0 and not last:
+            self.run_knn()
+        if step_number % self.args.checkpointing_steps == 0 and not last:
+            self.save_checkpoint()
 
-        # ------------------------------------------------------------------------------ logging
-        if global_step % training_args.logging_steps == 0 or global_step == max_steps:
-            means, non_finite = metrics.pop()
-            if non_finite:
-                raise non_finite_error(global_step - training_args.logging_steps, global_step, output_dir)
-            elapsed = time.perf_counter() - window_start
-            record = {
-                "step": global_step,
-                "epoch": round(values.epoch, 4),
-                **{k: round(v, 6) for k, v in means.items()},
-                "lr": values.lr,
-                "weight_decay": values.weight_decay,
-                "momentum": values.momentum,
-                "teacher_temp": values.teacher_temp,
-                "images_per_second": round(window_images / max(elapsed, 1e-9), 2),
-            }
-            history.append(record)
-            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=global_step)
-            if accelerator.is_main_process:
-                progress.set_postfix(
-                    loss=f"{means['loss']:.3f}",
-                    H=f"{means['teacher_entropy']:.2f}",
-                    img_s=f"{record['images_per_second']:.0f}",
-                )
-                logger.info(_format_record(record))
-                collapse.check(means["teacher_entropy"], means["teacher_mean_entropy"], global_step)
-                data_stats.report()
-            window_start, window_images = time.perf_counter(), 0
+    def log(self, values: ScheduleValues) -> None:
+        """Average the metrics since the last log (the only host sync of the loop), record and report them."""
+        means, non_finite = self.metrics.pop()
+        if non_finite:
+            raise non_finite_error(self.global_step - self.args.logging_steps, self.global_step, self.output_dir)
+        elapsed = time.perf_counter() - self.window_start
+        record = {
+            "step": self.global_step,
+            "epoch": round(values.epoch, 4),
+            **{k: round(v, 6) for k, v in means.items()},
+            "lr": values.lr,
+            "weight_decay": values.weight_decay,
+            "momentum": values.momentum,
+            "teacher_temp": values.teacher_temp,
+            "images_per_second": round(self.window_images / max(elapsed, 1e-9), 2),
+        }
+        self.history.append(record)
+        self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=self.global_step)
+        if self.accelerator.is_main_process:
+            self.progress.set_postfix(
+                loss=f"{means['loss']:.3f}",
+                H=f"{means['teacher_entropy']:.2f}",
+                img_s=f"{record['images_per_second']:.0f}",
+            )
+            logger.info(_format_record(record))
+            self.collapse.check(means["teacher_entropy"], means["teacher_mean_entropy"], self.global_step)
+            self.data_stats.report()
+        self.window_start, self.window_images = time.perf_counter(), 0
 
-        if data_args.knn_every_steps and global_step % data_args.knn_every_steps == 0 and global_step < max_steps:
-            run_knn(global_step)
+    def run_knn(self) -> None:
+        """k-NN top-1 of the teacher on the main process; the others wait at the barrier."""
+        if self.knn_monitor is not None:
+            accuracy = self.knn_monitor(self.dino.teacher.backbone)
+            self.history.append({"step": self.global_step, "knn_top1": accuracy})
+            self.accelerator.log({"eval/knn_top1": accuracy}, step=self.global_step)
+            logger.info("step %d: k-NN top-1 of the teacher %.2f%%", self.global_step, 100 * accuracy)
+        self.accelerator.wait_for_everyone()
 
-        if global_step % training_args.checkpointing_steps == 0 and global_step < max_steps:
-            save_checkpoint()
+    def save_checkpoint(self) -> None:
+        """Checkpoint the run (checkpointing.py); refused after a non-finite step, before anything is written."""
+        step = self.global_step
+        if self.metrics.saw_non_finite():  # a skipped step since the last log
+            raise non_finite_error(step - step % self.args.logging_steps, step, self.output_dir)
+        trainer_state = {
+            "history": self.history,
+            "args": masked_arguments(self.args),
+            "model_config": self.dino.config.to_dict(),
+            "multicrop_config": asdict(self.crop_config),
+            "base_model": self.start.base_model,
+            "images_seen": self.images_seen,
+            "total_batch": self.total_batch,
+        }
+        path = ckpt.save_training_checkpoint(
+            self.accelerator,
+            self.dino,
+            self.optimizer,
+            {"augment": self.generator},
+            self.output_dir,
+            step,
+            self.last_stream_state,
+            trainer_state,
+            self.args.save_total_limit,
+        )
+        if path is not None:
+            logger.info("Saved %s", path)
 
-    progress.close()
-    save_checkpoint()
+    # ------------------------------------------------------------------------------------------------ 4. finish
+    def finish(self) -> PretrainingResult:
+        """The last checkpoint and k-NN evaluation, then export (and upload) the teacher on the main process."""
+        self.save_checkpoint()
+        if self.data_args.knn_every_steps or self.data_args.knn_at_start_and_end:
+            self.run_knn()
+        result = PretrainingResult(
+            output_dir=self.output_dir,
+            global_step=self.global_step,
+            history=self.history,
+            final_metrics=final_metrics(self.history),
+            data_stats=self.data_stats.total.to_dict(),
+            model=self.dino,
+        )
+        summary = training_summary(
+            self.model_args,
+            self.data_args,
+            self.args,
+            result,
+            self.world_size,
+            self.hub_model_id,
+            base_model=self.start.base_model,
+        )
+        # Export and upload on the main process; a failure there raises on every process instead of hanging them.
+        result.export_dir = run_on_main_process(
+            self.accelerator,
+            lambda: publish_run(
+                self.dino,
+                self.output_dir,
+                history=self.history,
+                summary=summary,
+                crop_config=self.crop_config,
+                data_args=self.data_args,
+                training_args=self.args,
+                hub_model_id=self.hub_model_id,
+            ),
+            "Exporting (and uploading) the model",
+        )
+        self.accelerator.end_training()
+        return result
 
-    # ----------------------------------------------------------------------------------------------- the end
-    if data_args.knn_every_steps or data_args.knn_at_start_and_end:
-        run_knn(global_step)
-    final_metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+
+def pretrain(
+    model_args: DinoModelArguments,
+    data_args: DinoDataArguments,
+    training_args: DinoTrainingArguments,
+    step_callback: StepCallback | None = None,
+) -> PretrainingResult:
+    """Pretrain DINO; returns where the checkpoints and the exported teacher backbone are, and the metrics.
+
+    `step_callback`: see `DinoPretrainer`.
+    """
+    trainer = DinoPretrainer(model_args, data_args, training_args, step_callback)
+    trainer.setup()
+    trainer.resume()
+    trainer.train()
+    return trainer.finish()
+
+
+def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """The last logged metrics, with the last and first k-NN accuracies (`knn_top1`, `knn_top1_at_start`)."""
+    metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
     knn_records = [r for r in history if "knn_top1" in r]
     if knn_records:
-        final_metrics["knn_top1"] = knn_records[-1]["knn_top1"]
-        final_metrics["knn_top1_at_start"] = knn_records[0]["knn_top1"]
-    result = PretrainingResult(
-        output_dir=output_dir,
-        global_step=global_step,
-        history=history,
-        final_metrics=final_metrics,
-        data_stats=data_stats.total.to_dict(),
-        model=dino,
-    )
-    summary = training_summary(
-        model_args, data_args, training_args, result, world_size, hub_model_id, base_model=start.base_model
-    )
-    # Export and upload on the main process; a failure there raises on every process instead of hanging them.
-    result.export_dir = run_on_main_process(
-        accelerator,
-        lambda: publish_run(
-            dino,
-            output_dir,
-            history=history,
-            summary=summary,
-            crop_config=crop_config,
-            data_args=data_args,
-            training_args=training_args,
-            hub_model_id=hub_model_id,
-        ),
-        "Exporting (and uploading) the model",
-    )
-    accelerator.end_training()
-    return result
-
-
-def _save_checkpoint(
-    accelerator: Accelerator,
-    dino: DinoForSelfDistillation,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    output_dir: Path,
-    global_step: int,
-    stream_state: dict | None,
-    history: list[dict],
-    training_args: DinoTrainingArguments,
-    world_size: int,
-    extra_state: dict[str, Any],
-) -> None:
-    """Atomic checkpoint: every process writes its random state into the staging folder, the main process the rest."""
-    # A non-finite model must never replace the last good checkpoint.
-    finite = torch.stack([torch.isfinite(p).all() for p in dino.parameters()]).all()
-    if not bool(finite):
-        raise NonFiniteLossError(
-            f"Parameters are NaN or infinite at step {global_step}; not saving. " + NON_FINITE_ADVICE
-        )
-    stream_states = gather_object([stream_state]) if world_size > 1 else [stream_state]
-    if accelerator.is_main_process:
-        staging = ckpt.begin_checkpoint(output_dir, global_step)
-    accelerator.wait_for_everyone()
-    staging = ckpt.staging_dir(output_dir, global_step)
-    ckpt.save_rng(staging, accelerator.process_index, {"augment": generator})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.save_model_and_optimizer(staging, dino.state_dict(), optimizer.state_dict())
-        trainer_state = {
-            "global_step": global_step,
-            "world_size": world_size,
-            "stream_states": stream_states,
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "history": history,
-            "args": masked_arguments(training_args),
-            **extra_state,
-        }
-        path = ckpt.finish_checkpoint(output_dir, global_step, trainer_state, training_args.save_total_limit)
-        logger.info("Saved %s", path)
-    accelerator.wait_for_everyone()
+        metrics["knn_top1"] = knn_records[-1]["knn_top1"]
+        metrics["knn_top1_at_start"] = knn_records[0]["knn_top1"]
+    return metrics
 
 
 def _format_record(record: dict) -> str:
