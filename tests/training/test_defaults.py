@@ -1,6 +1,8 @@
 """Every default is written once: the argument dataclasses and the schedules read theirs from the config objects."""
 
 import dataclasses
+import json
+import logging
 
 import pytest
 
@@ -79,3 +81,38 @@ def test_field_default_errors_and_list_defaults():
 
     first, second = Args(), Args()
     assert first.scale == [0.1, 0.2] and first.scale is not second.scale  # a fresh list each time
+
+
+def test_the_exported_config_records_the_teacher_temperature_the_run_trained_with(tmp_path):
+    from dino_hf.training import pretrain
+
+    model_args = DinoModelArguments(
+        arch="vit_tiny",
+        patch_size=8,
+        config_overrides="hidden_size=32,num_hidden_layers=1,num_attention_heads=2,head_hidden_dim=32,head_bottleneck_dim=8",
+        out_dim=16,
+    )
+    data_args = DinoDataArguments(
+        dataset_name="embedded",
+        embedded_options=json.dumps({"train_per_class": 2, "validation_per_class": 1, "cache_dir": str(tmp_path)}),
+        global_crops_size=16,
+        local_crops_size=8,
+        local_crops_number=1,
+        num_workers=0,
+        shuffle_buffer_size=4,
+    )
+    training_args = DinoTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        epochs=1,
+        steps_per_epoch=1,
+        warmup_epochs=0,
+        warmup_teacher_temp_epochs=0,
+        teacher_temp=0.04,
+        progress_bar=False,
+    )
+    root_handlers = list(logging.getLogger().handlers)
+    result = pretrain(model_args, data_args, training_args)
+    assert logging.getLogger().handlers == root_handlers  # the library never configures logging
+    assert result.model.config.teacher_temp == 0.04
+    assert json.loads((result.export_dir / "config.json").read_text())["teacher_temp"] == 0.04
