@@ -41,9 +41,9 @@ class KnnMonitor:
         eval_source: ImageSource,
         image_size: int,
         *,
-        train_samples: int = 10_000,
-        eval_samples: int = 2_000,
-        k: int = 20,
+        train_samples: int,  # the sizes and k have their defaults in one place: the --knn_* flags
+        eval_samples: int,
+        k: int,
         batch_size: int = 256,
         num_workers: int = 2,
         mean: tuple[float, ...] | None = None,
