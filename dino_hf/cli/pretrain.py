@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..training import (
     pretrain,
 )
 from ..training.recipes import RECIPES, recipe_defaults
+from . import configure_logging
 
 
 ARGUMENT_CLASSES = (DinoModelArguments, DinoDataArguments, DinoTrainingArguments)
@@ -76,8 +76,7 @@ def load_config_file(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args, demo = parse_arguments(sys.argv[1:] if argv is None else argv)
-    # The program, not the library, configures logging.
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()  # the program, not the library, configures logging
     if demo:
         print("No arguments: running the offline demo recipe (see docs/training.md). Use --help for all flags.")
     start = time.perf_counter()

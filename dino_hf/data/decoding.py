@@ -213,37 +213,8 @@ def decode_image(value: Any, options: DecodeOptions) -> tuple[np.ndarray | None,
     data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
     if data is None and not path:
         return None, "missing", []
-    conversions: list[str] = []
     try:
-        if data is None:
-            import fsspec
-
-            with fsspec.open(path, "rb") as handle:
-                data = handle.read()
-        with warnings.catch_warnings():
-            # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that; both are skipped.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if min(width, height) < options.min_side:
-            return None, "too_small", []
-        factor = _reduction(width, height, options)
-        if factor >= 2.0:
-            # JPEG: DCT-domain scaling by 1/2, 1/4 or 1/8: much cheaper than a full decode, and antialiased.
-            image.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
-        image.load()
-        image, conversion = _to_rgb(image, options.background)
-        if conversion:
-            conversions.append(conversion)
-        reduce_by = math.floor(_reduction(*image.size, options))
-        long_side = max(image.size)
-        if long_side > options.max_side:
-            reduce_by = max(reduce_by, math.ceil(long_side / options.max_side))
-        if reduce_by >= 2:
-            image = image.reduce(reduce_by)
-        if image.size != (width, height):
-            conversions.append("downscaled")
-        pixels = np.asarray(image)
+        return _decode(data, path, options)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, "decompression_bomb", []
     except UnidentifiedImageError:
@@ -255,7 +226,44 @@ def decode_image(value: Any, options: DecodeOptions) -> tuple[np.ndarray | None,
     except Exception:  # a bad record must never stop a run; it is counted and named instead
         logger.debug("Unexpected error while decoding an image", exc_info=True)
         return None, "error", []
-    return pixels, None, conversions
+
+
+def _decode(
+    data: bytes | None, path: str | None, options: DecodeOptions
+) -> tuple[np.ndarray | None, str | None, list[str]]:
+    """`decode_image`'s work; the errors it raises are `decode_image`'s skip reasons."""
+    if data is None:
+        import fsspec
+
+        with fsspec.open(path, "rb") as handle:
+            data = handle.read()
+    with warnings.catch_warnings():
+        # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that; both are skipped.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if min(width, height) < options.min_side:
+        return None, "too_small", []
+    factor = _reduction(width, height, options)
+    if factor >= 2.0:
+        # JPEG: DCT-domain scaling by 1/2, 1/4 or 1/8: much cheaper than a full decode, and antialiased.
+        image.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    image.load()
+    image, conversion = _to_rgb(image, options.background)
+    conversions = [conversion] if conversion else []
+    image = _reduce_to_limits(image, options)
+    if image.size != (width, height):
+        conversions.append("downscaled")
+    return np.asarray(image), None, conversions
+
+
+def _reduce_to_limits(image: Image.Image, options: DecodeOptions) -> Image.Image:
+    """Integer box reduction down to what the crops need, and below `options.max_side`."""
+    reduce_by = math.floor(_reduction(*image.size, options))
+    long_side = max(image.size)
+    if long_side > options.max_side:
+        reduce_by = max(reduce_by, math.ceil(long_side / options.max_side))
+    return image.reduce(reduce_by) if reduce_by >= 2 else image
 
 
 # ---------------------------------------------------------------------------------------------------------------------
