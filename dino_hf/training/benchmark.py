@@ -367,18 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # rate are still warming up, so both change at every step as in a real run.
     values = [schedules(schedules.steps_per_epoch + index) for index in range(args.warmup + args.steps)]
 
-    # Warm-up: the first step compiles (when asked to) and allocates the optimizer state.
-    first_step_s = None
-    for index in range(args.warmup):
-        tic = time.perf_counter()
-        train_step(*next_crops(), values[index])
-        if index == 0:
-            _synchronize(device)
-            first_step_s = time.perf_counter() - tic
-    _synchronize(device)
-    warmup_peak = _peak_memory_gib(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    first_step_s, warmup_peak = _warm_up(train_step, next_crops, values[: args.warmup], device)
 
     timer = _StepTimer(device)
     data_s = 0.0
@@ -430,6 +419,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **data_info,
     }
     return result
+
+
+def _warm_up(
+    train_step: DinoTrainingStep, next_crops: Callable[[], tuple], values: Sequence[Any], device: torch.device
+) -> tuple[float | None, float | None]:
+    """Run the warm-up steps (the first compiles, when asked to, and allocates the optimizer state); returns the
+    first step's seconds and the peak memory so far, then resets the peak for the timed steps."""
+    first_step_s = None
+    for index, value in enumerate(values):
+        tic = time.perf_counter()
+        train_step(*next_crops(), value)
+        if index == 0:
+            _synchronize(device)
+            first_step_s = time.perf_counter() - tic
+    _synchronize(device)
+    warmup_peak = _peak_memory_gib(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return first_step_s, warmup_peak
 
 
 def _crop_source(args: argparse.Namespace, device: torch.device) -> tuple[Callable[[], tuple], dict[str, Any]]:
