@@ -23,7 +23,7 @@ from .augmentation import (
 )
 from .decoding import DataQualityError, DataStats, DecodeOptions, ImageBatch, collate_images, decode_image
 from .diversity import BatchDiversityCheck, DiversityReport
-from .loaders import PretrainingLoader, build_eval_loader, build_pretraining_loader
+from .loaders import DEFAULT_SHUFFLE_BUFFER_SIZE, PretrainingLoader, build_eval_loader, build_pretraining_loader
 from .sources import DEFAULT_DATASET_NAME, ImageSource, load_image_dataset
 from .synthetic import EMBEDDED_DATASET_NAME
 
@@ -31,6 +31,7 @@ from .synthetic import EMBEDDED_DATASET_NAME
 __all__ = [
     "BatchDiversityCheck",
     "DEFAULT_DATASET_NAME",
+    "DEFAULT_SHUFFLE_BUFFER_SIZE",
     "EMBEDDED_DATASET_NAME",
     "DataQualityError",
     "DataStats",

@@ -257,6 +257,10 @@ def _check_loader_arguments(batch_size: int, num_workers: int, rank: int, world_
         raise ValueError(f"Need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
 
 
+# Records held for shuffling a stream (the pretraining arguments read this default).
+DEFAULT_SHUFFLE_BUFFER_SIZE = 10_000
+
+
 def _default_pin_memory() -> bool:
     return torch.cuda.is_available()
 
@@ -269,7 +273,7 @@ def build_pretraining_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-    shuffle_buffer_size: int = 10_000,
+    shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER_SIZE,
     resume_state: dict | None = None,
     max_bad_fraction: float = 0.5,
     bad_fraction_min_records: int = 100,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..configuration_dino import DinoConfig
-from ..data import DEFAULT_DATASET_NAME, MultiCropConfig
+from ..data import DEFAULT_DATASET_NAME, DEFAULT_SHUFFLE_BUFFER_SIZE, MultiCropConfig
 from .defaults import mirrored_field
 from .optimization import OPTIMIZERS
 from .schedules import DinoSchedules
@@ -107,7 +107,9 @@ class DinoDataArguments:
             "so one global permutation per epoch; local image folders are always read that way."
         ),
     )
-    shuffle_buffer_size: int = field(default=10_000, **_help("Records in the streaming shuffle buffer."))
+    shuffle_buffer_size: int = field(
+        default=DEFAULT_SHUFFLE_BUFFER_SIZE, **_help("Records in the streaming shuffle buffer.")
+    )
     num_workers: int = field(default=8, **_help("DataLoader worker processes that decode images, per process."))
     max_bad_fraction: float = field(
         default=0.5, **_help("Stop with an error when more than this fraction of records cannot be decoded.")

@@ -116,3 +116,17 @@ def test_the_exported_config_records_the_teacher_temperature_the_run_trained_wit
     assert logging.getLogger().handlers == root_handlers  # the library never configures logging
     assert result.model.config.teacher_temp == 0.04
     assert json.loads((result.export_dir / "config.json").read_text())["teacher_temp"] == 0.04
+
+
+def test_loader_keyword_defaults_that_arguments_mirror_are_the_same():
+    import inspect
+
+    from dino_hf.data import build_pretraining_loader
+
+    loader_defaults = {
+        name: p.default
+        for name, p in inspect.signature(build_pretraining_loader).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    data_defaults = _defaults(DinoDataArguments)
+    assert loader_defaults["shuffle_buffer_size"] == data_defaults["shuffle_buffer_size"]
