@@ -10,12 +10,14 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import FIXTURES, tiny_config
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from dino_hf import (
     DinoCenter,
     DinoConfig,
+    DinoForImageClassification,
     DinoForSelfDistillation,
     DinoHead,
     DinoLoss,
@@ -503,3 +505,67 @@ def test_center_is_float32_under_autocast_accumulates_and_skips_when_not_applied
     center.accumulate(torch.full((2, 8), float("nan")))
     center.commit(apply=torch.tensor(False))
     assert torch.equal(center.center, before)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files and numbers of earlier versions: saved models keep loading, and give the same outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+DEMO_BACKBONE = FIXTURES / "dino_demo_pretrained"
+
+
+def demo_input(height: int, width: int) -> torch.Tensor:
+    """A fixed image batch in the normalised range, the same on every machine (seeded CPU generator)."""
+    return torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(height * 1000 + width)) * 4 - 2
+
+
+@torch.no_grad()
+def demo_backbone_outputs(model: DinoViTModel) -> dict[str, torch.Tensor]:
+    """Every way of reading features from the demo backbone, on fixed inputs (`dino_demo_outputs.safetensors` holds
+    these as main computed them before the modeling file took the anchor's shape, see fixtures/README.md)."""
+    outputs = {}
+    for height, width in ((32, 32), (40, 24)):  # the native resolution, and one through interpolated positions
+        size, pixels = f"{height}x{width}", demo_input(height, width)
+        output = model(pixels, output_hidden_states=True)
+        outputs[f"last_hidden_state.{size}"] = output.last_hidden_state
+        outputs[f"pooler_output.{size}"] = output.pooler_output
+        outputs[f"hidden_states.{size}"] = torch.stack(output.hidden_states)[:, :, 0]  # [CLS] of each, before the norm
+        outputs[f"cls_features.{size}"] = model.get_cls_features(pixels)
+        outputs[f"intermediate_last2.{size}"] = torch.stack(model.get_intermediate_layers(pixels, 2))[:, :, 0]
+        outputs[f"linear_features.{size}"] = model.get_linear_features(pixels)  # the config's: 3 blocks
+        outputs[f"linear_features_avgpool.{size}"] = model.get_linear_features(pixels, 1, True)
+        outputs[f"last_selfattention_cls.{size}"] = model.get_last_selfattention(pixels)[:, :, 0]
+    return outputs
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_the_demo_export_loads_and_gives_the_outputs_it_gave_before(attn_implementation):
+    model = DinoViTModel.from_pretrained(DEMO_BACKBONE, attn_implementation=attn_implementation).eval()
+    expected = load_file(FIXTURES / "dino_demo_outputs.safetensors")
+    outputs = demo_backbone_outputs(model)
+    assert outputs.keys() == expected.keys()
+    for name, value in outputs.items():
+        torch.testing.assert_close(value, expected[name], atol=1e-5, rtol=0, msg=name)
+
+
+def state_layouts() -> dict[str, dict[str, list[int]]]:
+    """Name -> shape of every saved tensor (persistent buffers included) of each model class, on small configs that
+    exercise the options that add tensors (stochastic depth, BatchNorm head, trainable last-layer scale, ResNet)."""
+    resnet = dict(resnet_embedding_size=8, resnet_hidden_sizes=[8, 16], resnet_depths=[1, 1])
+    models = {
+        "DinoViTModel": DinoViTModel(tiny_config(drop_path_rate=0.1)),
+        "DinoForSelfDistillation": DinoForSelfDistillation(
+            tiny_config(drop_path_rate=0.1, use_bn_in_head=True, norm_last_layer=False)
+        ),
+        "DinoForSelfDistillation.resnet": DinoForSelfDistillation(DinoConfig(backbone="resnet", out_dim=16, **resnet)),
+        "DinoForImageClassification": DinoForImageClassification(tiny_config(num_labels=3, avgpool_patchtokens=True)),
+    }
+    return {
+        name: {key: list(value.shape) for key, value in model.state_dict().items()} for name, model in models.items()
+    }
+
+
+def test_saved_tensor_names_and_shapes_are_those_of_earlier_versions():
+    """A folder saved by an earlier version loads only if every tensor keeps its name and shape."""
+    expected = json.loads((FIXTURES / "dino_state_layouts.json").read_text())
+    assert state_layouts() == expected
