@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from .configuration_dino import DinoConfig
-from .hub import RELEASED_MODELS, resolve_model_id  # also lets from_pretrained take the released models' names
+from .hub import RELEASED_MODELS, load_foreign_pretrained, resolve_model_id
 from .image_processing_dino import dino_image_processor
 from .modeling_dino import (
     DinoCenter,
@@ -31,6 +31,9 @@ DinoConfig.register_for_auto_class()
 DinoViTModel.register_for_auto_class("AutoModel")
 DinoForSelfDistillation.register_for_auto_class("AutoModelForPreTraining")
 DinoForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+# `from_pretrained` of the DINO classes also takes the released models' names and other layouts (the Hub's ViTModels,
+# training folders as backbones); the modeling file, also a saved folder's remote code, cannot import dino_hf itself.
+DinoPreTrainedModel.register_foreign_loader(load_foreign_pretrained)
 
 __all__ = [
     "DinoCenter",

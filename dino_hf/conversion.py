@@ -348,6 +348,55 @@ def _select(flat: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix) + 1 :]: v for k, v in flat.items() if k.startswith(prefix + ".")}
 
 
+def read_linear_probe(probe: Any) -> torch.nn.Linear:
+    """The `nn.Linear` of a trained linear probe, for [`DinoForImageClassification.from_linear_probe`], from any
+    form it comes in.
+
+    Accepts dino_hf's `LinearProbeResult` (its `.classifier`), a `LinearClassifier` (its `.linear`), an `nn.Linear`
+    (returned as it is), a state dict (the reference's `{"state_dict": {"module.linear.weight": ...}}` or any dict
+    whose keys end in `linear.weight`/`linear.bias` or are `weight`/`bias`), or the path of such a state dict, read
+    with [`load_checkpoint_file`] (`.safetensors`, or `torch.load(weights_only=True)`: no code is unpickled).
+
+    Example:
+
+    ```python
+    >>> from dino_hf import DinoForImageClassification
+    >>> from dino_hf.conversion import read_linear_probe
+    >>> probe = read_linear_probe("dino_vitbase16_linearweights.pth")  # doctest: +SKIP
+    >>> model = DinoForImageClassification.from_linear_probe(backbone, probe, id2label=classes)  # doctest: +SKIP
+    ```
+    """
+    if isinstance(probe, (str, Path)):
+        probe = load_checkpoint_file(probe)
+    if not isinstance(probe, torch.nn.Module) and hasattr(probe, "classifier"):
+        probe = probe.classifier
+    if isinstance(probe, torch.nn.Module) and isinstance(getattr(probe, "linear", None), torch.nn.Linear):
+        probe = probe.linear
+    if isinstance(probe, Mapping):
+        probe = _linear_from_state_dict(probe)
+    if not isinstance(probe, torch.nn.Linear):
+        raise TypeError(f"Cannot read linear-probe weights from a {type(probe).__name__}.")
+    if probe.bias is None:
+        raise ValueError("The linear probe has no bias; the reference's LinearClassifier always has one.")
+    return probe
+
+
+def _linear_from_state_dict(checkpoint: Mapping[str, Any]) -> torch.nn.Linear:
+    state = checkpoint.get("state_dict", checkpoint)
+    state = {key.removeprefix("module.").removeprefix("linear."): value for key, value in state.items()}
+    weight, bias = state.get("weight"), state.get("bias")
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise ValueError(
+            f"No linear-probe weights in the state dict (keys: {sorted(checkpoint.get('state_dict', checkpoint))})."
+        )
+    # skip_init: the weights are copied in next, and a random initialisation would advance the global generator.
+    linear = torch.nn.utils.skip_init(torch.nn.Linear, weight.shape[1], weight.shape[0], dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return linear
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Configuration inference
 # ---------------------------------------------------------------------------------------------------------------------
@@ -879,6 +928,7 @@ __all__ = [
     "infer_backbone_config_fields",
     "infer_head_config_fields",
     "load_checkpoint_file",
+    "read_linear_probe",
     "num_heads_for_width",
     "to_vit_model",
 ]

@@ -193,6 +193,9 @@ def load_foreign_pretrained(
     A new head leaves weights at their random initialisation, so it raises [`MissingWeightsError`] naming them unless
     `allow_missing_weights=True`, which downgrades it to a warning.
     """
+    resolved = resolve_model_id(name_or_path)
+    if resolved != name_or_path:  # a released model's name: load its Hub repository as if it had been named
+        return cls.from_pretrained(resolved, *model_args, allow_missing_weights=allow_missing_weights, **kwargs)
     if cls not in (DinoViTModel, DinoForSelfDistillation):
         return None
     released = load_official_release(cls, name_or_path)

@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +26,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
@@ -36,7 +33,9 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dino import DinoConfig
 
@@ -286,17 +285,86 @@ class DinoLayer(GradientCheckpointingLayer):
         return cls_token + self.drop_path(self.mlp(self.norm2(cls_token)))
 
 
+@dataclass
+class DinoEncoderOutput(ModelOutput):
+    """
+    Output of [`DinoEncoder`]: block outputs before the final LayerNorm.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, hidden_size)`):
+            The last block's output; `(batch_size, 1, hidden_size)`, the [CLS] token, with `cls_only_last_block`.
+        last_block_outputs (`tuple(torch.FloatTensor)`):
+            The outputs of the last `n_last_blocks` blocks in order, the last one being `last_hidden_state`.
+        last_attention (`torch.FloatTensor` of shape `(batch_size, num_heads, 1 + num_patches, 1 + num_patches)`):
+            The last block's attention probabilities, with `return_last_attention`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    last_block_outputs: tuple[torch.FloatTensor, ...] | None = None
+    last_attention: torch.FloatTensor | None = None
+
+
 class DinoEncoder(nn.Module):
-    def __init__(self, config: DinoConfig, drop_path_rate: float) -> None:
+    """The transformer blocks, with stochastic depth growing linearly from 0 to `config.drop_path_rate`."""
+
+    def __init__(self, config: DinoConfig) -> None:
         super().__init__()
         # Stochastic depth grows linearly with depth, as in the reference.
         # On the CPU explicitly, so that building the model under a `torch.device("meta")` context works.
-        rates = torch.linspace(0, drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layer = nn.ModuleList([DinoLayer(config, drop_path=rate) for rate in rates])
-        if drop_path_rate > 0.0:
+        if config.drop_path_rate > 0.0:
             # The first block's rate is 0: give it a (no-op) DinoDropPath rather than an Identity anyway, so that every
             # block has the same structure and compiled blocks share one graph (see `compile_blocks`).
             self.layer[0].drop_path = DinoDropPath(rates[0])
+
+    def disable_drop_path(self) -> None:
+        """Make every block's stochastic depth an identity, as the EMA teacher has it (the reference builds the teacher
+        with `drop_path_rate=0`); the teacher shares the student's config, so its rate stays in the config."""
+        for layer in self.layer:
+            layer.drop_path = nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        n_last_blocks: int = 1,
+        cls_only_last_block: bool = False,
+        return_last_attention: bool = False,
+    ) -> DinoEncoderOutput:
+        """Run every block on `hidden_states`, `(B, 1 + num_patches, D)` tokens, [CLS] first.
+
+        Args:
+            n_last_blocks: how many of the last blocks' outputs to return in `last_block_outputs` (the
+                linear-evaluation features read the last 4 or 1).
+            cls_only_last_block: run the last block for the [CLS] token only ([`DinoLayer.forward_cls`]): the DINO
+                feature depends on every token's keys and values in that block, but on no other token's MLP, query
+                or output projection (about 6% of a ViT-S/16 training step's FLOPs).
+            return_last_attention: the last block computes explicit attention probabilities (`last_attention`); the
+                other blocks keep the configured (fused) attention.
+
+        Hidden states and attentions of every block are recorded by `DinoViTModel.forward`'s `output_hidden_states`
+        and `output_attentions` (transformers' output capture), not here.
+        """
+        num_blocks = len(self.layer)
+        if not 1 <= n_last_blocks <= num_blocks:
+            raise ValueError(f"n_last_blocks must be between 1 and {num_blocks} (the blocks), got {n_last_blocks}.")
+        if cls_only_last_block and return_last_attention:
+            raise ValueError("cls_only_last_block computes no attention row but the [CLS] token's.")
+        *blocks, last = self.layer
+        last_block_outputs = []
+        for index, layer in enumerate(blocks):
+            hidden_states, _ = layer(hidden_states)
+            if index >= num_blocks - n_last_blocks:
+                last_block_outputs.append(hidden_states)
+        if cls_only_last_block:
+            hidden_states, attention = last.forward_cls(hidden_states), None
+        else:
+            hidden_states, attention = last(hidden_states, return_last_attention)
+        return DinoEncoderOutput(
+            last_hidden_state=hidden_states,
+            last_block_outputs=(*last_block_outputs, hidden_states),
+            last_attention=attention if return_last_attention else None,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -323,29 +391,43 @@ class DinoPreTrainedModel(PreTrainedModel):
     # Regular expressions of tensor names that a load may leave at their initialisation without an error, for models
     # that add new trainable parts to a pretrained backbone (a classifier, say). Empty: every tensor must be loaded.
     _keys_new_on_load: tuple[str, ...] = ()
+    # transformers' output capture (`capture_outputs` on `DinoViTModel.forward`): `output_hidden_states` records every
+    # block's output (index 0 of its `(hidden_states, attn_weights)`), `output_attentions` every attention's weights.
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(DinoLayer, index=0),
+        "attentions": OutputRecorder(DinoSelfAttention, index=1),
+    }
+    # What `from_pretrained` does with sources in another layout than the class's own (released models' names, the
+    # Hub's ViTModels, a training folder loaded as a backbone): `import dino_hf` registers `dino_hf.hub`'s loader
+    # (`register_foreign_loader`). This file alone, as a saved folder's remote code, has none and loads its own layout.
+    _foreign_loader: Callable[..., Any] | None = None
+
+    @classmethod
+    def register_foreign_loader(cls, loader: Callable[..., Any] | None) -> None:
+        """Set the function `from_pretrained` of every DINO class asks first (`None` removes it).
+
+        `loader(cls, name_or_path, model_args, kwargs, allow_missing_weights)` returns the loaded model, or `None` when
+        `name_or_path` is in `cls`'s own layout and transformers' loading applies.
+        """
+        DinoPreTrainedModel._foreign_loader = staticmethod(loader) if loader is not None else None
 
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False, **kwargs
     ):
-        """`PreTrainedModel.from_pretrained`, that never silently leaves weights random, and with dino_hf installed
-        also takes the released models' names and other layouts.
+        """`PreTrainedModel.from_pretrained`, that never silently leaves weights random, and with dino_hf imported
+        also takes the released models' names and other layouts (see `dino_hf.hub.load_foreign_pretrained`).
 
-        - Names: `"dino-vits16"`, `"dino_vits16"` (torch.hub's), ... resolve to their Hub ids (`dino_hf.hub`).
+        - Names: `"dino-vits16"`, `"dino_vits16"` (torch.hub's), ... resolve to their Hub ids (`dino_hf.releases`).
         - A transformers `ViTModel` (the Hub's `facebook/dino-vits16`, `-vits8`, `-vitb16`, `-vitb8`) is converted
           while loading, with DINO's LayerNorm epsilon (1e-6); a training folder (`DinoForSelfDistillation`) loaded as
-          [`DinoViTModel`] gives its teacher backbone; see `dino_hf.hub.load_foreign_pretrained`.
+          [`DinoViTModel`] gives its teacher backbone.
         - A load that leaves any weight missing (or re-initialised for a shape mismatch) raises
           [`MissingWeightsError`] naming them; `allow_missing_weights=True` downgrades it to a warning.
         """
-        # dino_hf's loaders, when dino_hf is imported; not imported here, so that this file keeps working as a saved
-        # folder's remote code (trust_remote_code=True) for users without dino_hf.
-        hub = sys.modules.get("dino_hf.hub")
-        if hub is not None and pretrained_model_name_or_path is not None:
-            pretrained_model_name_or_path = hub.resolve_model_id(pretrained_model_name_or_path)
-            loaded = hub.load_foreign_pretrained(
-                cls, pretrained_model_name_or_path, model_args, kwargs, allow_missing_weights
-            )
+        loader = DinoPreTrainedModel._foreign_loader
+        if loader is not None and pretrained_model_name_or_path is not None:
+            loaded = loader(cls, pretrained_model_name_or_path, model_args, kwargs, allow_missing_weights)
             if loaded is not None:
                 return loaded
         output_loading_info = kwargs.pop("output_loading_info", False)
@@ -439,10 +521,10 @@ class DinoViTModel(DinoPreTrainedModel):
     ```
     """
 
-    def __init__(self, config: DinoConfig, drop_path_rate: float | None = None) -> None:
+    def __init__(self, config: DinoConfig) -> None:
         super().__init__(config)
         self.embeddings = DinoEmbeddings(config)
-        self.encoder = DinoEncoder(config, config.drop_path_rate if drop_path_rate is None else drop_path_rate)
+        self.encoder = DinoEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -457,14 +539,8 @@ class DinoViTModel(DinoPreTrainedModel):
                 "get_last_selfattention() works with any attention implementation."
             )
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> DinoModelOutput | tuple:
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> DinoModelOutput | tuple:
         """
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -473,65 +549,30 @@ class DinoViTModel(DinoPreTrainedModel):
             output_hidden_states (`bool`, *optional*): return the embeddings and every block's output.
             return_dict (`bool`, *optional*): return a [`DinoModelOutput`] instead of a tuple.
         """
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._check_attentions_supported(output_attentions)
-
-        hidden_states = self.embeddings(pixel_values)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.encoder.layer:
-            hidden_states, attn_weights = layer(hidden_states, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        sequence_output = self.layernorm(hidden_states)
-        pooled_output = sequence_output[:, 0]
-        if not return_dict:
-            return tuple(
-                v for v in (sequence_output, pooled_output, all_hidden_states, all_attentions) if v is not None
-            )
-        return DinoModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
+        # The decorator records the outputs; weights come from eager attention only, so SDPA would return none.
+        self._check_attentions_supported(kwargs.get("output_attentions", self.config.output_attentions))
+        encoder_output = self.encoder(self.embeddings(pixel_values))
+        sequence_output = self.layernorm(encoder_output.last_hidden_state)
+        return DinoModelOutput(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
 
     def get_cls_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The DINO feature, `(B, D)`: `forward(pixel_values).pooler_output` (up to rounding), without the work that
         does not reach it.
 
-        The [CLS] token after the last block depends on every token's keys and values in that block, but on no other
-        token's MLP, query or output projection, and the final LayerNorm acts on each token alone: the last block and
-        the LayerNorm run for [CLS] only (about 6% of a ViT-S/16 training step's FLOPs). The training forward uses
-        this; other blocks run (and compile, and checkpoint) as usual.
+        The last block runs for the [CLS] token only (`DinoEncoder`'s `cls_only_last_block`), and the final
+        LayerNorm, which acts on each token alone, too. The training forward uses this; other blocks run (and
+        compile, and checkpoint) as usual.
         """
-        hidden_states = self.embeddings(pixel_values)
-        *blocks, last = self.encoder.layer
-        for layer in blocks:
-            hidden_states, _ = layer(hidden_states)
-        return self.layernorm(last.forward_cls(hidden_states)[:, 0])
+        encoder_output = self.encoder(self.embeddings(pixel_values), cls_only_last_block=True)
+        return self.layernorm(encoder_output.last_hidden_state[:, 0])
 
     def get_intermediate_layers(self, pixel_values: torch.Tensor, n: int = 1) -> tuple[torch.Tensor, ...]:
         """The last `n` blocks' outputs, each through the final LayerNorm: `n` tensors `(B, 1 + num_patches, D)`.
 
         Linear evaluation of ViT-S concatenates the [CLS] token (`[:, 0]`) of the last 4.
         """
-        if not 1 <= n <= self.config.num_hidden_layers:
-            raise ValueError(f"n must be between 1 and {self.config.num_hidden_layers}, got {n}.")
-        hidden_states = self.embeddings(pixel_values)
-        outputs = []
-        first_kept = len(self.encoder.layer) - n
-        for index, layer in enumerate(self.encoder.layer):
-            hidden_states, _ = layer(hidden_states)
-            if index >= first_kept:
-                outputs.append(self.layernorm(hidden_states))
-        return tuple(outputs)
+        encoder_output = self.encoder(self.embeddings(pixel_values), n_last_blocks=n)
+        return tuple(self.layernorm(block_output) for block_output in encoder_output.last_block_outputs)
 
     def get_linear_features(
         self, pixel_values: torch.Tensor, n_last_blocks: int | None = None, avgpool_patchtokens: bool | None = None
@@ -579,12 +620,7 @@ class DinoViTModel(DinoPreTrainedModel):
 
         Every other block keeps the configured (fused) attention; only the last one computes explicit weights.
         """
-        hidden_states = self.embeddings(pixel_values)
-        *blocks, last = self.encoder.layer
-        for layer in blocks:
-            hidden_states, _ = layer(hidden_states)
-        _, attn_weights = last(hidden_states, True)
-        return attn_weights
+        return self.encoder(self.embeddings(pixel_values), return_last_attention=True).last_attention
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -890,12 +926,12 @@ class DinoCenter(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_backbone(config: DinoConfig, drop_path_rate: float | None = None) -> DinoViTModel | ResNetModel:
-    """The backbone `config.backbone` names: a [`DinoViTModel`] (`drop_path_rate` overrides the config's), or
-    transformers' `ResNetModel` of `config.resnet_config()` (randomly initialised as torchvision's ResNet)."""
+def build_backbone(config: DinoConfig) -> DinoViTModel | ResNetModel:
+    """The backbone `config.backbone` names: a [`DinoViTModel`], or transformers' `ResNetModel` of
+    `config.resnet_config()` (randomly initialised as torchvision's ResNet)."""
     if config.backbone == "resnet":
         return ResNetModel(config.resnet_config())
-    return DinoViTModel(config, drop_path_rate=drop_path_rate)
+    return DinoViTModel(config)
 
 
 def backbone_features(backbone: DinoViTModel | ResNetModel, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -973,8 +1009,11 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
     def __init__(self, config: DinoConfig) -> None:
         super().__init__(config)
         self.student = DinoBackboneWithHead(build_backbone(config), DinoHead.from_config(config))
-        # The teacher never drops paths; it shares the config so attention settings apply to both networks.
-        self.teacher = DinoBackboneWithHead(build_backbone(config, drop_path_rate=0.0), DinoHead.from_config(config))
+        # The teacher shares the config, so attention settings apply to both networks, but never drops paths.
+        teacher_backbone = build_backbone(config)
+        if isinstance(teacher_backbone, DinoViTModel):
+            teacher_backbone.encoder.disable_drop_path()
+        self.teacher = DinoBackboneWithHead(teacher_backbone, DinoHead.from_config(config))
         self.center = DinoCenter(config.out_dim, config.center_momentum)
         self.loss_fn = DinoLoss(config.student_temp)
         self.post_init()
@@ -1110,39 +1149,6 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _linear_probe_tensors(probe: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(weight (num_labels, dim), bias (num_labels,))` of a trained linear probe, in any of its forms.
-
-    Accepts dino_hf's `LinearProbeResult` (its `.classifier`), a `LinearClassifier` (its `.linear`), an `nn.Linear`,
-    a state dict (the reference's `{"state_dict": {"module.linear.weight": ...}}` or any dict whose keys end in
-    `linear.weight`/`linear.bias` or are `weight`/`bias`), or the path of such a state dict: `.safetensors`, or a
-    `.pth` read with `torch.load(weights_only=True)` (tensors and plain containers only, no code is unpickled).
-    """
-    if isinstance(probe, (str, os.PathLike)):
-        path = str(probe)
-        if path.endswith(".safetensors"):
-            probe = load_safetensors(path)
-        else:
-            probe = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(probe, nn.Module) and hasattr(probe, "classifier"):
-        probe = probe.classifier
-    if isinstance(probe, nn.Module) and isinstance(getattr(probe, "linear", None), nn.Linear):
-        probe = probe.linear
-    if isinstance(probe, nn.Linear):
-        if probe.bias is None:
-            raise ValueError("The linear probe has no bias; the reference's LinearClassifier always has one.")
-        return probe.weight.detach().float().cpu(), probe.bias.detach().float().cpu()
-    if isinstance(probe, Mapping):
-        state = probe.get("state_dict", probe)
-        state = {key.removeprefix("module.").removeprefix("linear."): value for key, value in state.items()}
-        if isinstance(state.get("weight"), torch.Tensor) and isinstance(state.get("bias"), torch.Tensor):
-            return state["weight"].float(), state["bias"].float()
-        raise ValueError(
-            f"No linear-probe weights in the state dict (keys: {sorted(probe.get('state_dict', probe))})."
-        )
-    raise TypeError(f"Cannot read linear-probe weights from a {type(probe).__name__}.")
-
-
 class DinoForImageClassification(DinoPreTrainedModel):
     """A DINO backbone with a linear classifier on the reference's linear-evaluation features.
 
@@ -1249,15 +1255,20 @@ class DinoForImageClassification(DinoPreTrainedModel):
 
     @classmethod
     def from_linear_probe(
-        cls, backbone: DinoViTModel, probe: Any, *, id2label: Mapping[int, str] | None = None, **config_overrides: Any
+        cls,
+        backbone: DinoViTModel | ResNetModel,
+        probe: nn.Linear,
+        *,
+        id2label: Mapping[int, str] | None = None,
+        **config_overrides: Any,
     ) -> DinoForImageClassification:
         """A trained linear probe on `backbone` as one classifier model, ready for `save_pretrained` / `pipeline`.
 
         Args:
             backbone: the frozen backbone the probe was trained on.
-            probe: dino_hf's `LinearProbeResult` or `LinearClassifier`, an `nn.Linear`, a state dict, or a path to
-                one: the reference's released `*_linearweights.pth` (`module.linear.weight`/`bias`, read with
-                `torch.load(weights_only=True)`) or a `.safetensors` file.
+            probe: the probe's `nn.Linear`. `dino_hf.conversion.read_linear_probe` gives it from the other forms a
+                probe comes in: dino_hf's `LinearProbeResult` / `LinearClassifier`, a state dict, or a file such as
+                the reference's released `*_linearweights.pth`.
             id2label: class names by index (their number must match the probe's outputs); default `LABEL_i`.
             **config_overrides: e.g. `n_last_blocks=4, avgpool_patchtokens=False` when the probe was trained on
                 another feature layout than the backbone config's default.
@@ -1268,11 +1279,17 @@ class DinoForImageClassification(DinoPreTrainedModel):
         Example:
 
         ```python
-        >>> model = DinoForImageClassification.from_linear_probe(  # doctest: +SKIP
-        ...     backbone, "dino_vitbase16_linearweights.pth", id2label=imagenet_classes)
+        >>> from dino_hf.conversion import read_linear_probe
+        >>> probe = read_linear_probe("dino_vitbase16_linearweights.pth")  # doctest: +SKIP
+        >>> model = DinoForImageClassification.from_linear_probe(backbone, probe, id2label=classes)  # doctest: +SKIP
         ```
         """
-        weight, bias = _linear_probe_tensors(probe)
+        if not isinstance(probe, nn.Linear) or probe.bias is None:
+            raise TypeError(
+                f"The probe must be an nn.Linear with a bias (the reference's LinearClassifier), got "
+                f"{type(probe).__name__}; dino_hf.conversion.read_linear_probe reads it from its other forms."
+            )
+        weight, bias = probe.weight.detach().float().cpu(), probe.bias.detach().float().cpu()
         if id2label is not None and len(id2label) != weight.shape[0]:
             raise ValueError(f"id2label has {len(id2label)} names but the probe has {weight.shape[0]} outputs.")
         overrides = {"id2label": id2label} if id2label is not None else {"num_labels": weight.shape[0]}

@@ -2,6 +2,7 @@
 
 import argparse
 import pathlib
+import types
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from dino_hf.conversion import (
     from_timm_checkpoint,
     from_vit_model,
     main,
+    read_linear_probe,
     to_vit_model,
 )
 
@@ -345,6 +347,45 @@ def test_reference_backbone_exports_to_vit_model(reference):
         hidden = vit(reference["input.32x32"]).last_hidden_state
     assert max_diff(hidden[:, 0], reference["output.cls.32x32"]) < 1e-5
     assert max_diff(from_vit_model(vit)(reference["input.32x32"]).pooler_output, reference["output.cls.32x32"]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Linear probes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_linear_probe_is_read_from_every_form_it_comes_in(tmp_path):
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(8, 3)
+    weight, bias = probe.weight.detach(), probe.bias.detach()
+    reference_file = {"epoch": 100, "state_dict": {"module.linear.weight": weight, "module.linear.bias": bias}}
+    torch.save(reference_file, tmp_path / "linearweights.pth")  # what the reference's eval_linear.py saves
+    save_file({"linear.weight": weight, "linear.bias": bias}, tmp_path / "probe.safetensors")
+    assert read_linear_probe(probe) is probe
+    classifier = torch.nn.Module()  # dino_hf's LinearClassifier holds the layer as `.linear`
+    classifier.linear = probe
+    forms = {
+        "reference file": tmp_path / "linearweights.pth",
+        "safetensors path": str(tmp_path / "probe.safetensors"),
+        "reference state dict": reference_file,
+        "plain state dict": {"weight": weight, "bias": bias},
+        "classifier module": classifier,
+        "probe result": types.SimpleNamespace(classifier=probe),
+    }
+    for name, form in forms.items():
+        generator_state = torch.random.get_rng_state()
+        linear = read_linear_probe(form)
+        assert torch.equal(torch.random.get_rng_state(), generator_state), name  # no random initialisation
+        assert torch.equal(linear.weight, weight) and torch.equal(linear.bias, bias), name
+
+
+def test_linear_probe_errors():
+    with pytest.raises(ValueError, match="No linear-probe weights"):
+        read_linear_probe({"state_dict": {"module.fc.weight": torch.zeros(3, 8)}})
+    with pytest.raises(ValueError, match="no bias"):
+        read_linear_probe(torch.nn.Linear(8, 3, bias=False))
+    with pytest.raises(TypeError, match="Cannot read linear-probe weights from a int"):
+        read_linear_probe(3)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

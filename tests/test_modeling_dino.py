@@ -107,6 +107,44 @@ def test_eager_output_attentions(reference):
     torch.testing.assert_close(model.layernorm(out.hidden_states[-1]), out.last_hidden_state)
 
 
+def test_encoder_options_agree_with_the_recorded_outputs():
+    model = DinoViTModel(tiny_config(num_hidden_layers=3, attn_implementation="eager")).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        recorded = model(pixels, output_hidden_states=True, output_attentions=True)
+        embeddings = model.embeddings(pixels)
+        last_two = model.encoder(embeddings, n_last_blocks=2)
+        cls_only = model.encoder(embeddings, cls_only_last_block=True)
+        with_attention = model.encoder(embeddings, return_last_attention=True)
+    assert recorded.hidden_states[0] is not None and len(recorded.hidden_states) == 4  # embeddings + 3 blocks
+    for got, expected in zip(last_two.last_block_outputs, recorded.hidden_states[-2:], strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert last_two.last_attention is None and last_two.last_block_outputs[-1] is last_two.last_hidden_state
+    torch.testing.assert_close(cls_only.last_hidden_state, recorded.hidden_states[-1][:, :1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_attention.last_attention, recorded.attentions[-1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        model.encoder(embeddings, n_last_blocks=4)
+    with pytest.raises(ValueError, match="cls_only_last_block"):
+        model.encoder(embeddings, cls_only_last_block=True, return_last_attention=True)
+
+
+def test_outputs_are_recorded_only_when_asked_and_tuples_keep_their_order():
+    model = DinoViTModel(tiny_config(attn_implementation="eager")).eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(pixels)
+        assert plain.hidden_states is None and plain.attentions is None
+        last, pooled, hidden, attentions = model(
+            pixels, output_hidden_states=True, output_attentions=True, return_dict=False
+        )
+        model.config.output_hidden_states = True  # the config's default applies when the call does not say
+        from_config = model(pixels)
+    torch.testing.assert_close(last, plain.last_hidden_state, rtol=0, atol=0)
+    torch.testing.assert_close(pooled, plain.pooler_output, rtol=0, atol=0)
+    assert len(hidden) == 3 and len(attentions) == 2 and attentions[0].shape == (1, 4, 17, 17)
+    assert len(from_config.hidden_states) == 3 and from_config.attentions is None
+
+
 def test_eager_and_sdpa_agree():
     model = DinoViTModel(tiny_config()).eval()
     pixels = torch.randn(3, 3, 32, 32)

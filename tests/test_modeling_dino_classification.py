@@ -8,6 +8,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, pipeline
 
 from dino_hf import DinoConfig, DinoForImageClassification, DinoViTModel
+from dino_hf.conversion import read_linear_probe
 from dino_hf.evaluation import (
     LinearClassifier,
     LinearProbeResult,
@@ -115,7 +116,7 @@ def test_reference_linear_weights_file_gives_reference_logits(tmp_path, n_last_b
     torch.save({"epoch": 100, "state_dict": state, "best_acc": 78.2}, path)
 
     model = DinoForImageClassification.from_linear_probe(
-        backbone, path, n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool
+        backbone, read_linear_probe(path), n_last_blocks=n_last_blocks, avgpool_patchtokens=avgpool
     )
     images = torch.randn(4, 3, 32, 32)
     expected = reference(reference_features(backbone, images, n_last_blocks, avgpool))
@@ -126,15 +127,19 @@ def test_reference_linear_weights_file_gives_reference_logits(tmp_path, n_last_b
 def test_from_linear_probe_checks_width_and_names():
     backbone = tiny_backbone()
     probe = LinearClassifier(backbone.config.hidden_size * 4, num_labels=3)
-    model = DinoForImageClassification.from_linear_probe(backbone, probe, id2label={0: "a", 1: "b", 2: "c"})
+    model = DinoForImageClassification.from_linear_probe(backbone, probe.linear, id2label={0: "a", 1: "b", 2: "c"})
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"} and model.config.label2id["c"] == 2
     torch.testing.assert_close(model.classifier.weight, probe.linear.weight, rtol=0, atol=0)
-    from_result = DinoForImageClassification.from_linear_probe(backbone, LinearProbeResult(classifier=probe))
+    from_result = DinoForImageClassification.from_linear_probe(
+        backbone, read_linear_probe(LinearProbeResult(classifier=probe))
+    )
     torch.testing.assert_close(from_result.classifier.bias, probe.linear.bias, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pass the n_last_blocks"):
-        DinoForImageClassification.from_linear_probe(backbone, LinearClassifier(64, 3))
+        DinoForImageClassification.from_linear_probe(backbone, LinearClassifier(64, 3).linear)
     with pytest.raises(ValueError, match="id2label has 2 names"):
-        DinoForImageClassification.from_linear_probe(backbone, probe, id2label={0: "a", 1: "b"})
+        DinoForImageClassification.from_linear_probe(backbone, probe.linear, id2label={0: "a", 1: "b"})
+    with pytest.raises(TypeError, match="read_linear_probe"):  # other forms are read by conversion, not the model
+        DinoForImageClassification.from_linear_probe(backbone, probe)
 
 
 def test_head_is_reference_initialised_and_backbone_loads_into_it(tmp_path):
