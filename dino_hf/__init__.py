@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from .configuration_dino import DinoConfig
-from .hub import RELEASED_MODELS, load_foreign_pretrained, resolve_model_id
+from .hub import load_foreign_pretrained
 from .image_processing_dino import dino_image_processor
 from .modeling_dino import (
     DinoCenter,
@@ -18,6 +18,7 @@ from .modeling_dino import (
     DinoViTModel,
     MissingWeightsError,
 )
+from .releases import RELEASED_MODELS, resolve_model_id
 
 
 __version__ = "0.1.0"

@@ -22,6 +22,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "resnet50": {"backbone": "resnet"},
 }
 BACKBONES = ("vit", "resnet")
+# DinoConfig fields of the projection head's architecture: a backbone does not fix them, a pretrained head does.
+HEAD_FIELDS = (
+    "out_dim",
+    "head_hidden_dim",
+    "head_bottleneck_dim",
+    "head_num_layers",
+    "use_bn_in_head",
+    "norm_last_layer",
+)
 
 
 @strict
@@ -284,4 +293,4 @@ class DinoConfig(PreTrainedConfig):
         return cls(**{**_PRESETS[name], **overrides})
 
 
-__all__ = ["DinoConfig"]
+__all__ = ["HEAD_FIELDS", "DinoConfig"]

@@ -21,7 +21,7 @@ Example:
 >>> vit = to_vit_model(model)  # doctest: +SKIP
 ```
 
-Command line: `python -m dino_hf.conversion --help`.
+Command line: `dino-hf-convert --help` ([`dino_hf.cli.convert`]).
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ from transformers.initialization import no_init_weights
 from transformers.utils import logging
 
 from .configuration_dino import DinoConfig
-from .hub import resolve_model_id
-from .image_processing_dino import dino_image_processor
 from .modeling_dino import DinoForSelfDistillation, DinoViTModel
 
 
@@ -838,79 +836,6 @@ def to_vit_model(model: DinoViTModel) -> ViTModel:
     return vit.to(model.dtype).eval()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _save(
-    model: DinoViTModel | DinoForSelfDistillation | ViTModel | ResNetModel, output_dir: Path, with_processor: bool
-) -> None:
-    model.save_pretrained(output_dir)
-    if with_processor:
-        # A ResNet has no native size: the paper's 224 evaluation crop.
-        image_size = getattr(model.config, "image_size", 224)
-        dino_image_processor(image_size=image_size).save_pretrained(output_dir)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dino_hf.conversion",
-        description="Convert DINO weights to dino_hf (saved with save_pretrained, safetensors), or export to ViTModel.",
-    )
-    sub = parser.add_subparsers(dest="source", required=True)
-    official = sub.add_parser(
-        "official",
-        help="reference backbone (*_pretrain.pth) -> DinoViTModel, or full training checkpoint -> "
-        "DinoForSelfDistillation",
-    )
-    official.add_argument("--allow-unpickling", action="store_true", help="needed for full training checkpoints")
-    official.add_argument("--checkpoint-key", default=None, help='read one network\'s backbone, e.g. "teacher"')
-    timm = sub.add_parser("timm", help="timm vit_*_224.dino state dict -> DinoViTModel")
-    vit = sub.add_parser(
-        "vit", help="transformers ViTModel folder, Hub id or name (facebook/dino-vits16, dino-vits16) -> DinoViTModel"
-    )
-    vit.add_argument(
-        "--layer-norm-eps", type=float, default=None, help="default: keep the source's (1e-12 on the Hub)"
-    )
-    to_vit = sub.add_parser("to-vit", help="DinoViTModel folder -> transformers ViTModel folder")
-    for command in (official, timm, vit, to_vit):
-        command.add_argument("input", help="file, folder or Hub id to read")
-        command.add_argument("output_dir", type=Path, help="folder to write (save_pretrained)")
-        command.add_argument(
-            "--no-image-processor", action="store_true", help="do not save the DINO evaluation image processor"
-        )
-    for command in (official, timm):
-        command.add_argument(
-            "--config", default=None, help="a DinoConfig (config.json or its folder); default: infer from the weights"
-        )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m dino_hf.conversion {official,timm,vit,to-vit} INPUT OUTPUT_DIR [options]`."""
-    args = _build_parser().parse_args(argv)
-    config = DinoConfig.from_pretrained(args.config) if getattr(args, "config", None) else None
-    if args.source == "official":
-        model = from_official_checkpoint(
-            args.input, config, allow_unpickling=args.allow_unpickling, checkpoint_key=args.checkpoint_key
-        )
-    elif args.source == "timm":
-        model = from_timm_checkpoint(args.input, config)
-    elif args.source == "vit":
-        model = from_vit_model(resolve_model_id(args.input), layer_norm_eps=args.layer_norm_eps)
-    else:
-        model = to_vit_model(DinoViTModel.from_pretrained(args.input))
-    with_processor = not args.no_image_processor and not isinstance(model, DinoForSelfDistillation)
-    _save(model, args.output_dir, with_processor)
-    c = model.config
-    print(
-        f"Saved {type(model).__name__} (hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
-        f"{c.num_attention_heads} heads, patch {c.patch_size}, image {c.image_size}, "
-        f"layer_norm_eps {c.layer_norm_eps}) to {args.output_dir}"
-    )
-
-
 __all__ = [
     "convert_torchvision_resnet_state_dict",
     "infer_resnet_config_fields",
@@ -932,7 +857,3 @@ __all__ = [
     "num_heads_for_width",
     "to_vit_model",
 ]
-
-
-if __name__ == "__main__":
-    main()

@@ -934,6 +934,33 @@ def build_backbone(config: DinoConfig) -> DinoViTModel | ResNetModel:
     return DinoViTModel(config)
 
 
+def _backbone_config(backbone: DinoViTModel | ResNetModel) -> DinoConfig:
+    """The [`DinoConfig`] of a backbone: a [`DinoViTModel`]'s own, or that of transformers' `ResNetModel`."""
+    if isinstance(backbone, ResNetModel):
+        return DinoConfig.from_resnet_config(backbone.config)
+    return backbone.config
+
+
+def _config_for_backbone(base: DinoConfig, architecture: str, overrides: Mapping[str, Any]) -> DinoConfig:
+    """A copy of `base` for a model class built on a backbone, with `overrides` set; `id2label` sets `num_labels` and
+    `label2id` too. Raises a `ValueError` for a name the config does not have, or for values it rejects (setting
+    fields one by one skips the config's own validation, so it runs again here)."""
+    config = copy.deepcopy(base)
+    config.architectures = [architecture]
+    overrides = dict(overrides)
+    id2label = overrides.pop("id2label", None)
+    if id2label is not None:
+        config.id2label = {int(index): str(name) for index, name in dict(id2label).items()}
+        config.label2id = {name: index for index, name in config.id2label.items()}
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"DinoConfig has no field {key!r}.")
+        setattr(config, key, value)
+    if overrides or id2label is not None:
+        config.check_values()
+    return config
+
+
 def backbone_features(backbone: DinoViTModel | ResNetModel, pixel_values: torch.Tensor) -> torch.Tensor:
     """The feature DINO trains and evaluates, `(B, feature_size)`: the ViT's final-LayerNorm [CLS] token, or the
     ResNet's globally average-pooled last stage (the reference's torchvision ResNet with `fc` removed)."""
@@ -1035,6 +1062,26 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
         # Loading recreates parameters as trainable; the teacher only ever follows the student by EMA.
         model.teacher.requires_grad_(False)
         return loaded
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: DinoViTModel | ResNetModel, config: DinoConfig | None = None, **config_overrides: Any
+    ) -> DinoForSelfDistillation:
+        """A model whose student and teacher backbones are `backbone` (copied) and whose heads are new: the paper's
+        initialisation, the same for student and teacher; the center starts at zero.
+
+        Args:
+            backbone: a [`DinoViTModel`], or transformers' `ResNetModel`.
+            config: the configuration to build, e.g. a run's (default: the backbone's); its backbone fields must be the
+                backbone's, whose weights are loaded strictly.
+            **config_overrides: fields set on it: head (`out_dim=...`), loss, `drop_path_rate`.
+        """
+        base = _backbone_config(backbone) if config is None else config
+        model = cls(_config_for_backbone(base, cls.__name__, config_overrides))
+        with torch.no_grad():
+            model.student.backbone.load_state_dict(backbone.state_dict())
+            model.copy_student_to_teacher()
+        return model.to(backbone.dtype)
 
     @torch.no_grad()
     def copy_student_to_teacher(self) -> None:
@@ -1236,18 +1283,7 @@ class DinoForImageClassification(DinoPreTrainedModel):
             **config_overrides: config fields, e.g. `id2label={0: "cat", 1: "dog"}` (sets `num_labels` and
                 `label2id` too), `num_labels=10`, `n_last_blocks=1`, `avgpool_patchtokens=True`, `problem_type`.
         """
-        if isinstance(backbone, ResNetModel):
-            config = DinoConfig.from_resnet_config(backbone.config)
-        else:
-            config = copy.deepcopy(backbone.config)
-        config.architectures = [cls.__name__]
-        id2label = config_overrides.pop("id2label", None)
-        if id2label is not None:
-            config.id2label = {int(index): str(name) for index, name in dict(id2label).items()}
-            config.label2id = {name: index for index, name in config.id2label.items()}
-        for key, value in config_overrides.items():
-            setattr(config, key, value)
-        config.check_values()
+        config = _config_for_backbone(_backbone_config(backbone), cls.__name__, config_overrides)
         model = cls(config)
         state = {key: value.detach().to("cpu", torch.float32) for key, value in backbone.state_dict().items()}
         model.dino.load_state_dict(state)

@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = {
     "dino-hf-knn-eval": "dino_hf.cli.knn_eval:main",
     "dino-hf-extract-features": "dino_hf.cli.extract_features:main",
     "dino-hf-export": "dino_hf.cli.export:main",
+    "dino-hf-convert": "dino_hf.cli.convert:main",
 }
 
 

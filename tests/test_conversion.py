@@ -16,7 +16,6 @@ from dino_hf.conversion import (
     from_official_checkpoint,
     from_timm_checkpoint,
     from_vit_model,
-    main,
     read_linear_probe,
     to_vit_model,
 )
@@ -386,33 +385,6 @@ def test_linear_probe_errors():
         read_linear_probe(torch.nn.Linear(8, 3, bias=False))
     with pytest.raises(TypeError, match="Cannot read linear-probe weights from a int"):
         read_linear_probe(3)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_command_line(reference, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    assert "{official,timm,vit,to-vit}" in capsys.readouterr().out
-
-    torch.save(reference_backbone_state(reference), tmp_path / "backbone.pth")
-    tiny_config().save_pretrained(tmp_path / "config")
-    main(["official", str(tmp_path / "backbone.pth"), str(tmp_path / "dino"), "--config", str(tmp_path / "config")])
-    assert (tmp_path / "dino" / "model.safetensors").exists()
-    assert (tmp_path / "dino" / "preprocessor_config.json").exists()
-    loaded = DinoViTModel.from_pretrained(tmp_path / "dino").eval()
-    with torch.no_grad():
-        assert max_diff(loaded(reference["input.32x32"]).pooler_output, reference["output.cls.32x32"]) < 1e-5
-
-    main(["to-vit", str(tmp_path / "dino"), str(tmp_path / "vit")])
-    vit = ViTModel.from_pretrained(tmp_path / "vit", add_pooling_layer=False).eval()
-    with torch.no_grad():
-        assert max_diff(vit(reference["input.32x32"]).last_hidden_state[:, 0], reference["output.cls.32x32"]) < 1e-5
-    assert "Saved ViTModel" in capsys.readouterr().out
 
 
 def test_one_layer_head_converts_both_ways():

@@ -1,5 +1,6 @@
 """Loading the released DINO models by Hub id and by name from a fake offline Hub cache, and never-silently-random
-loads (`from_pretrained` of DinoViTModel / DinoForSelfDistillation, `dino_hf.hub`)."""
+loads (`from_pretrained` of DinoViTModel / DinoForSelfDistillation, `dino_hf.hub`), and `load_backbone` of any DINO
+backbone."""
 
 import logging
 
@@ -11,9 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel, ViTModel, pipeline
 
-from dino_hf import DinoForSelfDistillation, DinoViTModel, MissingWeightsError
-from dino_hf.evaluation import load_backbone
-from dino_hf.hub import RELEASED_MODELS, released_model, resolve_model_id
+from dino_hf import DinoConfig, DinoForSelfDistillation, DinoViTModel, MissingWeightsError
+from dino_hf.hub import load_backbone
+from dino_hf.releases import released_model
 
 
 def hub_vit_cls(pixels, layer_norm_eps=1e-6, repo_id="facebook/dino-vits16"):
@@ -82,22 +83,11 @@ def test_image_processor_and_pipeline_work_on_the_id(fake_hub):
     torch.testing.assert_close(feature.reshape(expected.shape), expected)
 
 
-def test_released_names_resolve_and_models_without_a_hub_repository_say_where_they_are(tmp_path, monkeypatch):
-    assert resolve_model_id("dino-vitb8") == "facebook/dino-vitb8"
-    assert resolve_model_id("dino_vits8") == resolve_model_id("dino_deits8") == "facebook/dino-vits8"
-    assert resolve_model_id("DINO_VITBASE16") == "facebook/dino-vitb16"
-    assert resolve_model_id("someone/model") == "someone/model"
-    assert {m.hub_id for m in RELEASED_MODELS.values()} - {None} == {
-        f"facebook/dino-vit{a}" for a in ["s16", "s8", "b16", "b8"]
-    }
+def test_released_models_without_a_hub_repository_say_where_they_are():
     for name in ("dino_xcit_small_12_p16", "dino-xcit-medium-24-p8"):
         url = released_model(name).backbone_url
         with pytest.raises(ValueError, match=f"no Hub repository.*{url}.*from_official_checkpoint"):
             DinoViTModel.from_pretrained(name)
-    # A local folder of that name comes first.
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "dino-vits16").mkdir()
-    assert resolve_model_id("dino-vits16") == "dino-vits16"
 
 
 def test_self_distillation_from_a_backbone_needs_the_opt_in_for_its_new_head(fake_hub, caplog):
@@ -179,7 +169,55 @@ def test_dino_resnet50_loads_from_its_official_files(tmp_path, monkeypatch):
         return tmp_path / ("full.pth" if url.endswith("full_checkpoint.pth") else "dino_resnet50_pretrain.pth")
 
     monkeypatch.setattr(dino_hf.conversion, "download_checkpoint", fake_download)
-    backbone = DinoViTModel.from_pretrained("dino_resnet50")
+    with pytest.raises(ValueError, match=r"ResNet-50.*not a DinoViTModel.*load_backbone\('dino_resnet50'\)"):
+        DinoViTModel.from_pretrained("dino_resnet50")
+    assert downloads == []  # refused before downloading
+    backbone = load_backbone("dino_resnet50")
     assert isinstance(backbone, ResNetModel) and downloads == [released_model("dino-resnet50").backbone_url]
     run = DinoForSelfDistillation.from_pretrained("dino-resnet50")
     assert run.config.backbone == "resnet" and downloads[-1].endswith("dino_resnet50_pretrain_full_checkpoint.pth")
+
+
+def test_a_resnet_is_no_dino_vit_model_and_load_backbone_reads_it(tmp_path):
+    from transformers import ResNetModel
+
+    resnet = dict(resnet_embedding_size=8, resnet_hidden_sizes=[8, 16], resnet_depths=[1, 1], out_dim=16)
+    run = DinoForSelfDistillation(DinoConfig(backbone="resnet", **resnet))
+    with torch.no_grad():
+        for param in run.teacher.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    run.save_pretrained(tmp_path / "run")
+    run.export_teacher_backbone().save_pretrained(tmp_path / "export")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = run.teacher.backbone.eval()(pixels).pooler_output
+        for folder, auto_model in (("export", "AutoModel.from_pretrained"), ("run", "")):
+            with pytest.raises(ValueError, match=f"not a DinoViTModel.*{auto_model}.*load_backbone"):
+                DinoViTModel.from_pretrained(tmp_path / folder)
+            backbone = load_backbone(tmp_path / folder)
+            assert type(backbone) is ResNetModel and not backbone.training
+            torch.testing.assert_close(backbone(pixels).pooler_output, expected, rtol=0, atol=0)
+    assert type(AutoModel.from_pretrained(tmp_path / "export")) is ResNetModel
+
+
+def test_the_loader_of_other_layouts_is_registered_by_the_package_not_found_by_the_modeling_file(fake_hub):
+    from dino_hf import DinoPreTrainedModel
+    from dino_hf.hub import load_foreign_pretrained
+
+    assert DinoPreTrainedModel._foreign_loader is load_foreign_pretrained
+    DinoPreTrainedModel.register_foreign_loader(None)
+    try:  # the modeling file alone (a saved folder's remote code) reads its own layout only
+        with pytest.raises(OSError):
+            DinoViTModel.from_pretrained("dino-vits16")
+    finally:
+        DinoPreTrainedModel.register_foreign_loader(load_foreign_pretrained)
+    assert type(DinoViTModel.from_pretrained("dino-vits16")) is DinoViTModel
+
+
+def test_loading_info_of_a_new_head_names_its_tensors(fake_hub):
+    head = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
+    model, info = DinoForSelfDistillation.from_pretrained(
+        "dino-vits16", allow_missing_weights=True, output_loading_info=True, **head
+    )
+    assert "center.center" in info["missing_keys"] and "teacher.head.last_layer.weight_v" in info["missing_keys"]
+    assert not any(name.startswith(("student.backbone.", "teacher.backbone.")) for name in info["missing_keys"])

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import ResNetModel
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
+from ..hub import load_backbone  # the evaluations read any DINO backbone, ViT or ResNet
 from ..image_processing_dino import dino_image_processor
 from ..modeling_dino import DinoViTModel, backbone_features
 
@@ -45,24 +46,6 @@ def save_model_with_processor(
     model.save_pretrained(path)
     (processor or dino_image_processor(image_size=model.config.image_size)).save_pretrained(path)
     return path
-
-
-def load_backbone(model_name_or_path: str | Path, **kwargs: Any) -> DinoViTModel:
-    """The backbone saved in a folder (or Hub repo), in eval mode: `DinoViTModel.from_pretrained(...).eval()`.
-
-    A [`DinoViTModel`] folder loads as it is; a [`DinoForSelfDistillation`] folder (a training run) gives its teacher
-    backbone, the network DINO evaluates and releases; the Hub's `facebook/dino-*` `ViTModel`s and the released
-    models' names (`"dino-vits16"`, ...) are converted while loading (`dino_hf.hub`). `kwargs` go to
-    `from_pretrained` (e.g. `attn_implementation="eager"`).
-
-    Example:
-
-    ```python
-    >>> from dino_hf.evaluation import load_backbone
-    >>> model = load_backbone("outputs/dino-run")  # doctest: +SKIP
-    ```
-    """
-    return DinoViTModel.from_pretrained(model_name_or_path, **kwargs).eval()
 
 
 def extract_linear_features(

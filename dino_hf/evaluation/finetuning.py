@@ -49,7 +49,6 @@ from ..data import (
     decode_image,
     load_image_dataset,
 )
-from ..hub import resolve_model_id
 from ..image_processing_dino import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -58,6 +57,7 @@ from ..image_processing_dino import (
     processor_normalisation,
 )
 from ..modeling_dino import DinoForImageClassification
+from ..releases import resolve_model_id
 from .eval_data import classification_crop_config
 from .features import load_backbone, save_model_with_processor
 from .metrics import top_k_accuracies

@@ -5,7 +5,7 @@
 - a backbone: a Hub id or paper name of the released models (`facebook/dino-vits16`, `dino-vits16`, `dino_vitb8`,
   ...), or a `DinoViTModel` folder. Student and teacher start from its weights, the head is new (the paper's
   initialisation, the same for both) and the center starts at zero;
-- a whole run: a `DinoForSelfDistillation` folder (a training run's export or `python -m dino_hf.conversion official`)
+- a whole run: a `DinoForSelfDistillation` folder (a training run's export or `dino-hf-convert official`)
   or an official full checkpoint (`*_full_checkpoint.pth`: a local file, or its URL, downloaded with torch.hub's
   downloader and read with `torch.load(weights_only=True)`, only argparse's `Namespace` allowed). Student, teacher,
   both heads and the center continue; the model settings of the run (its `args` or config) are the model's.
@@ -26,16 +26,17 @@ from typing import Any
 
 from transformers import ResNetModel
 
-from ..configuration_dino import DinoConfig
-from ..hub import HEAD_FIELDS, official_only_release, resolve_model_id, self_distillation_from_backbone
-from ..modeling_dino import DinoForSelfDistillation, DinoViTModel
+from ..configuration_dino import HEAD_FIELDS, DinoConfig
+from ..hub import load_backbone
+from ..modeling_dino import DinoForSelfDistillation
+from ..releases import release_from_official_files, resolve_model_id
 from .arguments import DinoModelArguments
 
 
 logger = logging.getLogger(__name__)
 
 _RESNET_FIELDS = ("backbone", "resnet_embedding_size", "resnet_hidden_sizes", "resnet_depths", "resnet_layer_type")
-# DinoConfig fields fixed by a pretrained backbone (a pretrained head also fixes hub.HEAD_FIELDS). `image_size` is not among them: the
+# DinoConfig fields fixed by a pretrained backbone (a pretrained head also fixes HEAD_FIELDS). `image_size` is not among them: the
 # position embeddings are interpolated to any crop size.
 BACKBONE_FIELDS = (
     "patch_size",
@@ -85,7 +86,7 @@ def initial_model(model_args: DinoModelArguments, config: DinoConfig) -> Initial
         config._attn_implementation = model_args.attn_implementation
         return InitialModel(DinoForSelfDistillation(config), model_args, None, "random")
     source = str(resolve_model_id(source))
-    released = official_only_release(source)
+    released = release_from_official_files(source)
     source = released.backbone_url if released else source  # dino_resnet50: the released backbone file
     requested = requested_fields(model_args)
     if _is_checkpoint_file(source):
@@ -98,7 +99,7 @@ def initial_model(model_args: DinoModelArguments, config: DinoConfig) -> Initial
     elif _is_training_run(source):
         model, backbone, kind = DinoForSelfDistillation.from_pretrained(source), None, "run"
     else:
-        backbone, model, kind = DinoViTModel.from_pretrained(source), None, "backbone"
+        backbone, model, kind = load_backbone(source), None, "backbone"
     if kind == "run":
         check_flags_agree(config, model.config, requested, (*BACKBONE_FIELDS, *HEAD_FIELDS, "drop_path_rate"), source)
         logger.info("Continuing the run %s: student, teacher, heads and center.", source)
@@ -107,7 +108,7 @@ def initial_model(model_args: DinoModelArguments, config: DinoConfig) -> Initial
         if isinstance(backbone, ResNetModel):
             backbone_config = DinoConfig.from_resnet_config(backbone.config, image_size=config.image_size)
         check_flags_agree(config, backbone_config, requested, BACKBONE_FIELDS, source)
-        model = self_distillation_from_backbone(backbone, _backbone_run_config(config, backbone_config))
+        model = DinoForSelfDistillation.from_backbone(backbone, _backbone_run_config(config, backbone_config))
         logger.info("Student and teacher start from the backbone %s, with a new head.", source)
     if model.config.backbone == "vit":  # a ResNet has no attention
         model.set_attn_implementation(model_args.attn_implementation)
