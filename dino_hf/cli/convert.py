@@ -1,7 +1,7 @@
 """Convert DINO weights to dino_hf folders (save_pretrained, safetensors), or export them to transformers' ViTModel.
 
     dino-hf-convert official dino_deitsmall16_pretrain.pth dino-vits16                     # DinoViTModel
-    dino-hf-convert official checkpoint.pth dino-run --allow-unpickling                    # DinoForSelfDistillation
+    dino-hf-convert official dino_deitsmall16_pretrain_full_checkpoint.pth dino-run       # DinoForSelfDistillation
     dino-hf-convert timm vit_small_patch16_224.dino/model.safetensors dino-vits16
     dino-hf-convert vit dino-vits16 dino-vits16-local --layer-norm-eps 1e-6                # a name or Hub id
     dino-hf-convert to-vit dino-vits16-local dino-vits16-vit                               # back to ViTModel
@@ -78,7 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="reference backbone (*_pretrain.pth) -> DinoViTModel, or full training checkpoint -> "
         "DinoForSelfDistillation",
     )
-    official.add_argument("--allow-unpickling", action="store_true", help="needed for full training checkpoints")
+    official.add_argument(
+        "--allow-unpickling",
+        action="store_true",
+        help="let torch.load unpickle objects other than tensors, containers and argparse Namespaces (trusted files "
+        "only; the reference's full checkpoints load without it)",
+    )
     official.add_argument("--checkpoint-key", default=None, help='read one network\'s backbone, e.g. "teacher"')
     timm = sub.add_parser("timm", help="timm vit_*_224.dino state dict -> DinoViTModel")
     vit = sub.add_parser(
