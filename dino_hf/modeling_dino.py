@@ -3,7 +3,8 @@
 Transformers").
 
 - [`DinoViTModel`]: the pre-norm ViT backbone; its `pooler_output` is the final-LayerNorm [CLS] token, the DINO
-  feature.
+  feature. Its blocks run in one place, [`DinoEncoder`]`.forward`, whose options serve every feature API; hidden
+  states and attentions are recorded by transformers' output capture.
 - [`DinoHead`]: the projection head (MLP -> L2-normalised bottleneck -> weight-normalised prototypes).
 - [`DinoLoss`] and [`DinoCenter`]: the multi-crop cross-entropy with a centred, sharpened teacher.
 - [`DinoForSelfDistillation`]: student and EMA teacher (backbone + head each), the center, and the loss.
