@@ -45,11 +45,9 @@ from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArgume
 from .export import publish_run, training_summary
 from .initialization import initial_model
 from .monitoring import CollapseMonitor, MetricAccumulator, non_finite_error
-from .optimization import create_optimizer
-from .performance import compile_blocks
 from .publishing import prepare_hub_repo, run_on_main_process
 from .schedules import DinoSchedules, ScheduleValues
-from .step import DinoTrainingStep, resolve_gradient_accumulation_steps
+from .step import build_training_step, resolve_gradient_accumulation_steps
 
 
 logger = logging.getLogger(__name__)
@@ -278,28 +276,26 @@ class DinoPretrainer:
         self.generator = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1000 + self.rank)
 
     def _build_model(self) -> None:
-        accelerator, world_size = self.accelerator, self.world_size
+        accelerator, args = self.accelerator, self.args
         with accelerator.main_process_first():  # one download of released weights; the other processes read the cache
             self.start = initial_model(self.model_args, build_model_config(self.model_args, self.data_args))
         model, self.model_args = self.start.model, self.start.model_args
         # The loss takes the scheduled temperature; the config records the one the run ends with (and exports).
         model.config.teacher_temp = float(self.schedules.teacher_temp)
-        if self.model_args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.to(accelerator.device)
-        if model.config.has_batch_norm and world_size > 1:
-            if accelerator.device.type in ("cuda", "xpu"):
-                # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's.
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            else:
-                logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
-        optimizer = create_optimizer(
-            model.student, self.schedules.lr, self.schedules.weight_decay, optimizer=self.args.optimizer
+        setup = build_training_step(
+            accelerator,
+            model,
+            lr=self.schedules.lr,
+            weight_decay=self.schedules.weight_decay,
+            optimizer=args.optimizer,
+            clip_grad=args.clip_grad,
+            clip_grad_mode=args.clip_grad_mode,
+            num_global_crops=self.crop_config.global_crops_number,
+            gradient_checkpointing=self.model_args.gradient_checkpointing,
+            torch_compile=self.model_args.torch_compile,
         )
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.dino: DinoForSelfDistillation = accelerator.unwrap_model(self.model)
-        if self.model_args.torch_compile:
-            compile_blocks(self.dino)
+        self.model, self.optimizer, self.train_step = setup.model, setup.optimizer, setup.step
+        self.dino: DinoForSelfDistillation = setup.dino
 
     # ------------------------------------------------------------------------------------------------ 2. resume
     def resume(self) -> None:
@@ -355,7 +351,7 @@ class DinoPretrainer:
         )
 
     def _start_monitors(self) -> None:
-        """Trackers, the k-NN monitor, the collapse monitor, the training step and the progress bar."""
+        """Trackers, the k-NN monitor, the collapse monitor and the progress bar."""
         accelerator, args, data_args = self.accelerator, self.args, self.data_args
         if args.report_to != "none":
             # Trackers such as TensorBoard take only scalars and strings as hyper-parameters.
@@ -370,14 +366,6 @@ class DinoPretrainer:
                 data_args, self.dino.config.image_size, self.crop_config, accelerator.device
             )
         self.collapse = CollapseMonitor(out_dim=self.dino.config.out_dim)
-        self.train_step = DinoTrainingStep(
-            accelerator,
-            self.model,
-            self.optimizer,
-            args.clip_grad,
-            args.clip_grad_mode,
-            num_global_crops=self.crop_config.global_crops_number,
-        )
         self.progress = tqdm(
             total=self.max_steps,
             initial=self.global_step,

@@ -6,13 +6,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 
 from dino_hf import DinoForSelfDistillation, DinoViTModel
 from dino_hf.conversion import convert_reference_backbone_state_dict
 from dino_hf.evaluation import attention_maps, prepare_image, save_attention_grid, threshold_attention
 from dino_hf.evaluation.attention import colorize
+from dino_hf.testing_utils import tiny_config
 
 
 def test_maps_are_the_reference_cls_attention_on_the_patch_grid(reference):

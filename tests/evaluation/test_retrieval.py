@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 
 from dino_hf import DinoViTModel
 from dino_hf.evaluation.demo_data import generate_retrieval_demo
@@ -21,6 +20,7 @@ from dino_hf.evaluation.retrieval import (
     load_retrieval_dataset,
     protocol_ground_truth,
 )
+from dino_hf.testing_utils import tiny_config
 
 
 def test_ap_with_junk_by_hand():

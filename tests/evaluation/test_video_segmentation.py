@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 
 from dino_hf import DinoViTModel
@@ -27,6 +26,7 @@ from dino_hf.evaluation.video_segmentation import (
     summarise,
     write_indexed_png,
 )
+from dino_hf.testing_utils import tiny_config
 
 
 def test_region_similarity_by_hand():

@@ -9,11 +9,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import tiny_config
 from huggingface_hub import ModelCard
 from test_pretrain import tiny_run
 from torchrun_helpers import run_two_processes
 
+from dino_hf.testing_utils import tiny_config
 from dino_hf.training import DinoTrainingArguments, pretrain
 from dino_hf.training.arguments import mask_secrets
 from dino_hf.training.export import model_card
