@@ -7,6 +7,7 @@
 - [`forbid_host_sync`]: a context in which anything that would make the host wait for the device raises;
   [`steps_without_host_sync`]: training steps run inside it.
 - [`relative_difference`]: `||a - b|| / ||b||` over several tensors.
+- [`FakeHub`]: `huggingface_hub.HfApi`'s login, repository and upload calls, recorded instead of sent.
 
 Nothing in the library imports this module; it needs no test framework.
 """
@@ -14,7 +15,9 @@ Nothing in the library imports this module; it needs no test framework.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -198,7 +201,67 @@ def steps_without_host_sync(
     return result
 
 
+class FakeHubError(RuntimeError):
+    """What a [`FakeHub`] call told to fail raises (`HfHubHTTPError` needs a real HTTP response to be built)."""
+
+
+class FakeHub:
+    """The Hub behind `huggingface_hub.HfApi` (`whoami`, `create_repo`, `upload_folder`), faked with pytest's
+    `monkeypatch`: each call is recorded in `events`, in order, with the token it was made with in `tokens`; `created`
+    and `uploaded` (`repo_id`, `files`: relative path -> bytes, `ignore_patterns` honoured) say what reached it.
+    `fail` names a call that raises [`FakeHubError`], a 403 quoting `secret` as a careless server message might.
+    `record(event)` adds other events (e.g. training steps) to the same timeline.
+    """
+
+    def __init__(self, monkeypatch: Any, user: str = "alice", fail: str | None = None, secret: str = "") -> None:
+        import huggingface_hub
+
+        self.events: list[str] = []
+        self.tokens: list[str | None] = []
+        self.created: dict[str, Any] = {}
+        self.uploaded: dict[str, Any] = {}
+        self.fail, self.secret = fail, secret
+        hub = self
+
+        def whoami(api, token=None, **kwargs):
+            hub._call("whoami", api)
+            return {"name": user}
+
+        def create_repo(api, repo_id, private=False, exist_ok=False, **kwargs):
+            hub._call("create_repo", api)
+            hub.created = {"repo_id": repo_id, "private": private, "exist_ok": exist_ok}
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(api, repo_id, folder_path, commit_message=None, ignore_patterns=None, **kwargs):
+            hub._call("upload_folder", api)
+            folder, ignored = Path(folder_path), list(ignore_patterns or [])
+            files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+            hub.uploaded = {
+                "repo_id": repo_id,
+                "commit_message": commit_message,
+                "files": {
+                    name: path.read_bytes()
+                    for name, path in files.items()
+                    if not any(fnmatch.fnmatch(name, pattern) for pattern in ignored)
+                },
+            }
+
+        for name, function in (("whoami", whoami), ("create_repo", create_repo), ("upload_folder", upload_folder)):
+            monkeypatch.setattr(huggingface_hub.HfApi, name, function)
+
+    def record(self, event: str) -> None:
+        self.events.append(event)
+
+    def _call(self, name: str, api: Any) -> None:
+        self.events.append(name)
+        self.tokens.append(api.token)
+        if name == self.fail:
+            raise FakeHubError(f"403 Forbidden: {name} refused for token {self.secret}")
+
+
 __all__ = [
+    "FakeHub",
+    "FakeHubError",
     "HostSyncError",
     "forbid_host_sync",
     "fresh_accelerator",
