@@ -61,7 +61,7 @@ from ..image_processing_dino import (
 from ..model_card import finetuning_card
 from ..modeling_dino import DinoForImageClassification
 from ..publishing import create_hub_repo, masked_arguments, upload_to_hub
-from .eval_data import classification_crop_config
+from .batches import classification_crop_config
 from .features import load_backbone, save_model_with_processor
 from .metrics import top_k_accuracies
 

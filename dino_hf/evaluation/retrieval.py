@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
-from .images import crop_to_patches, list_images, load_rgb
+from .image_files import crop_to_patches, list_images, load_rgb
 
 
 REFERENCE_SCALES = (1.0, 1.0 / math.sqrt(2.0), 0.5)

@@ -129,7 +129,7 @@ def test_visualize_attention_example_on_a_training_run_folder(tmp_path):
 def test_video_mode_writes_every_frame_and_a_gif(tiny_model_folder, tmp_path):
     from dino_hf.cli.visualize_attention import run as main
     from dino_hf.evaluation.attention import _upsample
-    from dino_hf.evaluation.demo_data import generate_video_demo
+    from dino_hf.evaluation.synthetic_datasets import generate_video_demo
 
     frames = generate_video_demo(tmp_path / "davis", num_frames=5, size=32) / "JPEGImages" / "480p" / "shapes"
     animation = main(

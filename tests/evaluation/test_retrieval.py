@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from dino_hf import DinoViTModel
-from dino_hf.evaluation.demo_data import generate_retrieval_demo
 from dino_hf.evaluation.retrieval import (
     REFERENCE_SCALES,
     compute_ap,
@@ -20,6 +19,7 @@ from dino_hf.evaluation.retrieval import (
     load_retrieval_dataset,
     protocol_ground_truth,
 )
+from dino_hf.evaluation.synthetic_datasets import generate_retrieval_demo
 from dino_hf.testing_utils import tiny_config
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dino_hf import DinoViTModel
-from dino_hf.evaluation.demo_data import generate_video_demo
+from dino_hf.evaluation.synthetic_datasets import generate_video_demo
 from dino_hf.evaluation.video_segmentation import (
     PropagationConfig,
     boundary_f_measure,
