@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction, PreTrainedConfig, Trainer, TrainingArguments, set_seed
+from transformers import EvalPrediction, PreTrainedConfig, Trainer, TrainingArguments
 
 from ..configuration_dino import DinoConfig
 from ..data import (
@@ -427,8 +427,6 @@ def finetune(args: FinetuneArguments) -> FinetuneSummary:
     created before training (on the main process, its failure raised on every process), the card is
     `dino_hf.model_card.finetuning_card`, and the token is masked in everything written.
     """
-    # The new head's initialisation too: the Trainer seeds only once it is built, after the model.
-    set_seed(args.seed)
     train_source = _open_split(args, args.train_split, args.max_train_samples)
     eval_source = _open_split(args, args.eval_split, args.max_eval_samples)
     if not train_source.class_names:
