@@ -276,7 +276,8 @@ class DinoPretrainer:
 
     # ------------------------------------------------------------------------------------------------ 1. set-up
     def setup(self) -> None:
-        """Accelerator, config objects, data source, model, optimizer and augmentation."""
+        """Accelerator, Hub repository (with `--push_to_hub`), config objects, data source, model, optimizer, training
+        step and augmentation."""
         args = self.args
         self.accelerator = accelerator = create_accelerator(args)
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
