@@ -14,16 +14,18 @@ install-dev:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -e ".[dev]"
 
+# The unit tests (tests/), the measurement harness's tests with the GPU checks' CPU dry run (benchmarks/tests/) and
+# every docstring example of the package (dino_hf/, see conftest.py): pyproject.toml's testpaths.
 test: install-dev
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 --dist loadfile tests
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 --dist loadfile
 
 quality: install-dev
-	$(PYTHON) -m ruff check dino_hf examples tests benchmarks
-	$(PYTHON) -m ruff format --check dino_hf examples tests benchmarks
+	$(PYTHON) -m ruff check dino_hf examples tests benchmarks conftest.py
+	$(PYTHON) -m ruff format --check dino_hf examples tests benchmarks conftest.py
 
 style:
-	$(PYTHON) -m ruff check --fix dino_hf examples tests benchmarks
-	$(PYTHON) -m ruff format dino_hf examples tests benchmarks
+	$(PYTHON) -m ruff check --fix dino_hf examples tests benchmarks conftest.py
+	$(PYTHON) -m ruff format dino_hf examples tests benchmarks conftest.py
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) examples/pretrain.py

@@ -45,6 +45,7 @@ from dino_hf.data import (  # noqa: E402
     build_pretraining_loader,
     load_image_dataset,
 )
+from dino_hf.testing_utils import forbid_host_sync  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -211,14 +212,12 @@ def bench_augmentation(
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 # The augmentation must never make the host wait for the GPU: any sync raises in this mode.
-                torch.cuda.set_sync_debug_mode("error")
                 try:
-                    step()
+                    with forbid_host_sync(device):
+                        step()
                     host_syncs = "none"
                 except RuntimeError as err:
                     host_syncs = f"SYNC: {err}"
-                finally:
-                    torch.cuda.set_sync_debug_mode(0)
                 torch.cuda.synchronize()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -268,7 +267,8 @@ def describe_machine() -> dict:
     return info
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the measurements, print them and return them."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small run (< 30 s on CPU)")
     parser.add_argument("--json", help="also write the results to this file")
@@ -277,7 +277,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also measure the augmentation with its photometric stage compiled"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     quick = args.quick
     num_images = 64 if quick else 512
@@ -328,6 +328,7 @@ def main() -> None:
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@
 #      set_sync_debug_mode("error"), ViT-S/16 batch 128 with the heads and the loss compiled too.
 # Results: $OUT/*.json, $OUT/*.log, $OUT/summary.txt and $OUT/table.md ($OUT defaults to ./gpu_checks_out).
 #
-# Needs torch, transformers, accelerate and safetensors only (no `datasets`). Each part has a timeout, and parts that
-# would not fit in BUDGET_S seconds (default 500, for a ~9 minute call) are skipped and reported as such.
+# Needs the package's requirements (`pip install -e .` or `make install`; the scripts find `dino_hf` in the checkout).
+# Each part has a timeout, and parts that would not fit in BUDGET_S seconds (default 500, for a ~9 minute call) are
+# skipped and reported as such. The exit status is 1 when a part failed or timed out, or the table could not be made
+# (skipped parts do not count); the table is written in every case.
 #
 #   bash benchmarks/run_gpu_checks.sh                         # on the GPU machine, from the repository root
-#   DINO_GPU_CHECKS_CPU=1 bash benchmarks/run_gpu_checks.sh   # the same logic on a CPU: tiny model, aot_eager
+#   DINO_GPU_CHECKS_CPU=1 bash benchmarks/run_gpu_checks.sh   # the same logic on a CPU: tiny model, aot_eager (CI,
+#                                                             # benchmarks/tests/test_run_gpu_checks.py)
 
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +33,7 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 START=$SECONDS
 PYTHON="${PYTHON:-python}"
+FAILED=0
 
 log() { echo "[$((SECONDS - START))s] $*" | tee -a "$SUMMARY"; }
 
@@ -48,8 +52,10 @@ run_part() {
   local rc=$?
   if ((rc == 124 || rc == 137)); then
     log "TIMEOUT $name after ${limit}s"
+    FAILED=1
   else
     log "END $name: exit status $rc"
+    ((rc == 0)) || FAILED=1
   fi
   # The result lines, without torch's recompilation/graph-break log lines (they stay in the part's log).
   grep -Ev "^\s*$|^[VIWE][0-9]{4} " "$OUT/$name.log" | tail -n 8 | sed 's/^/    /' | tee -a "$SUMMARY"
@@ -102,7 +108,12 @@ for entry in "${BENCHMARKS[@]}"; do
     "$PYTHON" benchmarks/bench_train_step.py $(bench_args "$preset") $extra --json "$OUT/$name.json"
 done
 
-"$PYTHON" benchmarks/summarize_train_step.py "$OUT" >"$OUT/table.md"
-log "table ($OUT/table.md):"
-tee -a "$SUMMARY" <"$OUT/table.md"
-log "done in $((SECONDS - START))s"
+if "$PYTHON" benchmarks/summarize_train_step.py "$OUT" >"$OUT/table.md" 2>"$OUT/table.log"; then
+  log "table ($OUT/table.md):"
+  tee -a "$SUMMARY" <"$OUT/table.md"
+else
+  FAILED=1
+  log "FAILED table: $(tail -n 1 "$OUT/table.log")"
+fi
+log "done in $((SECONDS - START))s$( ((FAILED)) && echo ', with failures (exit status 1)')"
+exit "$FAILED"

@@ -13,6 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from dino_hf.testing_utils import tiny_config  # noqa: E402, F401  (its home; `from conftest import tiny_config` still works)
+
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -29,26 +31,6 @@ def _seed():
 def reference() -> dict[str, torch.Tensor]:
     """The reference implementation's tensors on a tiny random configuration (see fixtures/README.md)."""
     return load_file(FIXTURES / "dino_reference_tiny.safetensors")
-
-
-def tiny_config(**overrides):
-    """The reference vectors' configuration."""
-    from dino_hf import DinoConfig
-
-    values = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        layer_norm_eps=1e-6,
-        out_dim=256,
-        head_hidden_dim=128,
-        head_bottleneck_dim=32,
-        drop_path_rate=0.0,
-    )
-    values.update(overrides)
-    return DinoConfig(**values)
 
 
 @pytest.fixture(scope="module")

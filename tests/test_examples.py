@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
 
 from dino_hf import DinoViTModel
 from dino_hf.cli import extract_features, knn_eval
@@ -17,6 +16,7 @@ from dino_hf.cli import pretrain as pretrain_cli
 from dino_hf.data.synthetic import embedded_dataset_files
 from dino_hf.evaluation import load_features, save_model_with_processor
 from dino_hf.image_processing_dino import dino_image_processor
+from dino_hf.testing_utils import tiny_config
 
 
 EXAMPLES = Path(__file__).parents[1] / "examples"

@@ -267,7 +267,7 @@ def test_pretraining_starts_from_the_released_resnet50_backbone(tmp_path, monkey
 
 
 def test_regional_compilation_covers_the_resnet_blocks():
-    from dino_hf.training.performance import compile_blocks
+    from dino_hf.training.compilation import compile_blocks
 
     config = DinoConfig.from_preset(
         "resnet50", resnet_embedding_size=8, resnet_hidden_sizes=[16, 32], resnet_depths=[1, 1], **HEAD

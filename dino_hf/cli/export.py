@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..publishing import create_hub_repo, upload_to_hub
 from ..training.export import export_checkpoint
-from ..training.publishing import create_hub_repo, upload_to_hub
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,8 +54,8 @@ from .streams import (
     StreamLayout,
     count_pieces,
     global_positions,
+    identity_collate,
     iter_piece,
-    keep_batch,
     prepare_worker,
     stream_positions,
 )
@@ -147,7 +147,7 @@ class PretrainingLoader:
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=None,
-            collate_fn=keep_batch,
+            collate_fn=identity_collate,
             # A private generator: creating the iterator must not draw from the global RNG that training uses
             # (drop-path masks), or a resumed run would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(self.settings["seed"]),
@@ -459,7 +459,7 @@ def build_eval_loader(
     return torch.utils.data.DataLoader(
         _EvalStreams(source, settings),
         batch_size=None,
-        collate_fn=keep_batch,
+        collate_fn=identity_collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(0),  # leaves the global RNG of a training run untouched

@@ -18,11 +18,13 @@ Example:
 from __future__ import annotations
 
 import glob
+import io
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
+from PIL import Image
 
 from .synthetic import EMBEDDED_DATASET_NAME, embedded_dataset_files
 
@@ -328,10 +330,20 @@ def load_image_dataset(
     )
 
 
+def first_image(source: ImageSource) -> Image.Image:
+    """The first image of `source` in storage order, decoded as RGB (e.g. the picture of a model card)."""
+    record = next(iter(source.dataset))[source.image_column]
+    data = record.get("bytes") if isinstance(record, dict) else None
+    path = record.get("path") if isinstance(record, dict) else None
+    image = Image.open(io.BytesIO(data)) if data else Image.open(path)
+    return image.convert("RGB")
+
+
 __all__ = [
     "DEFAULT_DATASET_NAME",
     "IMAGE_COLUMN_NAMES",
     "LABEL_COLUMN_NAMES",
     "ImageSource",
+    "first_image",
     "load_image_dataset",
 ]

@@ -223,7 +223,10 @@ class BatchDecoder:
         return batch
 
 
-def keep_batch(batch: ImageBatch) -> ImageBatch:
+def identity_collate(batch: ImageBatch) -> ImageBatch:
+    """The loaders' `collate_fn`: the workers already assemble whole `ImageBatch`es (`BatchDecoder`), which the
+    DataLoader (`batch_size=None`) passes on as they are instead of running its default conversion over them. A module
+    function, so that DataLoader workers can pickle it."""
     return batch
 
 
@@ -243,7 +246,7 @@ __all__ = [
     "count_pieces",
     "global_positions",
     "iter_piece",
-    "keep_batch",
+    "identity_collate",
     "prepare_worker",
     "stream_positions",
 ]

@@ -21,9 +21,8 @@
 
 from ..image_processing_dino import dino_image_processor, prepare_image, processor_normalisation  # re-exported
 from .attention import attention_maps, attention_video, read_frames, save_attention_grid, threshold_attention
+from .batches import classification_crop_config, eval_batches, labelled_source, probe_train_batches
 from .copy_detection import PCAWhitening, copy_detection_descriptor, evaluate_copy_detection, gem
-from .demo_data import generate_copy_detection_demo, generate_retrieval_demo, generate_video_demo
-from .eval_data import classification_crop_config, eval_batches, labelled_source, probe_train_batches
 from .features import (
     extract_features,
     extract_linear_features,
@@ -56,6 +55,7 @@ from .retrieval import (
     global_features,
     load_retrieval_dataset,
 )
+from .synthetic_datasets import generate_copy_detection_demo, generate_retrieval_demo, generate_video_demo
 from .video_segmentation import (
     PropagationConfig,
     boundary_f_measure,

@@ -228,7 +228,7 @@ def read_frames(path: str | Path) -> tuple[list[Image.Image], list[str], float |
         The RGB frames, a name per frame (the file stems, or `frame-00000`...), and the video's frame rate when the
         file states one (`None` for a folder).
     """
-    from .images import list_images, load_rgb
+    from .image_files import list_images, load_rgb
 
     path = Path(path)
     if not path.exists():

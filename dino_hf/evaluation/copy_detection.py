@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
-from .images import list_images, load_rgb
+from .image_files import list_images, load_rgb
 from .retrieval import compute_ap
 
 

@@ -123,14 +123,16 @@ def extract_features(
     Example:
 
     ```python
+    >>> import tempfile
     >>> import torch
     >>> from dino_hf import DinoConfig, DinoViTModel
     >>> from dino_hf.evaluation import extract_features, load_features
     >>> model = DinoViTModel(DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
     ...                                 num_attention_heads=4))
     >>> batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]), torch.arange(4) + 4 * i) for i in range(2)]
-    >>> out = extract_features(model, batches, "features.safetensors", progress=False)
-    >>> out["features"].shape, load_features("features.safetensors")["ids"].tolist()
+    >>> path = f"{tempfile.mkdtemp()}/features.safetensors"
+    >>> out = extract_features(model, batches, path, progress=False)
+    >>> out["features"].shape, load_features(path)["ids"].tolist()
     (torch.Size([8, 64]), [0, 1, 2, 3, 4, 5, 6, 7])
     ```
     """

@@ -29,7 +29,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from ..data import (
     decode_image,
     load_image_dataset,
 )
+from ..distributed import run_on_main_process
 from ..image_processing_dino import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,9 +57,11 @@ from ..image_processing_dino import (
     eval_resize_size,
     processor_normalisation,
 )
+from ..model_card import finetuning_card
 from ..modeling_dino import DinoForImageClassification
+from ..publishing import create_hub_repo, masked_arguments, upload_to_hub
 from ..releases import resolve_model_id
-from .eval_data import classification_crop_config
+from .batches import classification_crop_config
 from .features import load_backbone, save_model_with_processor
 from .metrics import top_k_accuracies
 
@@ -338,13 +341,23 @@ class FinetuneArguments:
     save_total_limit: int | None = field(default=2)
     report_to: str = field(default="none", metadata={"help": "tensorboard, wandb, ... or none."})
     resume_from_checkpoint: str | None = field(default=None)
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the classifier with a model card."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "e.g. your-name/dino-vits16-finetuned."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Upload the classifier with a model card (login checked, repository created before training)."
+        },
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Default: <user>/<name of output_dir>."})
     hub_private_repo: bool = field(default=False)
+    hub_token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token (defaults to the logged-in one); never written to any file, log or model card."},
+    )
 
-    def __post_init__(self) -> None:
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/dino-vits16-finetuned).")
+    def __repr__(self) -> str:
+        # A printed or logged argument object must not show the token either.
+        fields = ", ".join(f"{k}={v!r}" for k, v in masked_arguments(self).items())
+        return f"{type(self).__name__}({fields})"
 
     def config_overrides(self) -> dict[str, Any]:
         """The model settings that change the backbone's config."""
@@ -408,7 +421,12 @@ def _open_split(args: FinetuneArguments, split: str, limit: int | None) -> Image
 
 def finetune(args: FinetuneArguments) -> FinetuneSummary:
     """Fine-tune a DINO backbone on a labelled image dataset with the `Trainer`, save (and optionally push) the
-    pipeline-ready classifier, and return the final evaluation metrics."""
+    pipeline-ready classifier, and return the final evaluation metrics.
+
+    Publishing is pretraining's (`dino_hf.publishing`): with `push_to_hub` the login is checked and the repository
+    created before training (on the main process, its failure raised on every process), the card is
+    `dino_hf.model_card.finetuning_card`, and the token is masked in everything written.
+    """
     train_source = _open_split(args, args.train_split, args.max_train_samples)
     eval_source = _open_split(args, args.eval_split, args.max_eval_samples)
     if not train_source.class_names:
@@ -431,14 +449,29 @@ def finetune(args: FinetuneArguments) -> FinetuneSummary:
         compute_metrics=classification_metrics,
         layer_decay=args.layer_decay,
     )
+    repo_id = None
+    if args.push_to_hub:  # before training: a login or permission problem stops the run at once
+        repo_id = run_on_main_process(
+            trainer.accelerator,
+            lambda: create_hub_repo(
+                args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
+            ),
+            "Preparing the Hub repository",
+        )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     summary = FinetuneSummary(metrics=metrics, output_dir=args.output_dir)
     if trainer.is_world_process_zero():
-        save_classifier(trainer.model, args, image_size, mean, std, metrics)
-        if args.push_to_hub:
-            summary.hub_repo_id = push_classifier(args.output_dir, args.hub_model_id, private=args.hub_private_repo)
+        folder = save_classifier(trainer.model, args, image_size, mean, std, metrics, repo_id=repo_id)
+        if repo_id:
+            summary.hub_repo_id = upload_to_hub(
+                folder,
+                repo_id,
+                token=args.hub_token,
+                ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],  # the Trainer's, not the model's
+                commit_message="Upload DINO classifier fine-tuned with dino_hf",
+            )
     return summary
 
 
@@ -449,82 +482,17 @@ def save_classifier(
     mean: Sequence[float],
     std: Sequence[float],
     metrics: dict[str, float],
+    repo_id: str | None = None,
 ) -> Path:
-    """The classifier, its image processor and a model card in `args.output_dir` (ready for `pipeline`)."""
+    """The classifier, its image processor and a model card in `args.output_dir` (ready for `pipeline`); `repo_id`:
+    the Hub repository the card is published to, if any."""
     folder = save_model_with_processor(
         model, args.output_dir, dino_image_processor(image_size=image_size, mean=mean, std=std)
     )
-    (folder / "README.md").write_text(finetuned_model_card(model.config, args, metrics))
-    (folder / "finetune_summary.json").write_text(
-        json.dumps({"metrics": metrics, "arguments": asdict(args)}, indent=2)
-    )
+    settings = masked_arguments(args)
+    finetuning_card(model.config, settings, metrics, repo_id).save(folder / "README.md")
+    (folder / "finetune_summary.json").write_text(json.dumps({"metrics": metrics, "arguments": settings}, indent=2))
     return folder
-
-
-def push_classifier(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
-    """Upload the saved classifier (model, processor, card; not the training checkpoints) to the Hub."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"],
-        commit_message="Upload DINO classifier fine-tuned with dino_hf",
-    )
-    logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
-    return repo_id
-
-
-def finetuned_model_card(config: DinoConfig, args: FinetuneArguments, metrics: dict[str, float]) -> str:
-    """A model card: base model, data, recipe, final metrics and usage."""
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items() if isinstance(v, (int, float)))
-    repo = args.hub_model_id or "path/to/this/folder"
-    base = args.model_name_or_path
-    base_line = f"base_model: {base}\n" if "/" in base and not Path(base).exists() else ""
-    return f"""---
-library_name: transformers
-pipeline_tag: image-classification
-{base_line}tags:
-- dino
-- image-classification
-- dino_hf
----
-
-# DINO ViT fine-tuned on {args.dataset_name}
-
-`{base}` (a DINO backbone, Caron et al. 2021) fine-tuned end to end with
-[dino_hf](https://github.com/dino-hf/dino_hf) to classify {config.num_labels} classes.
-The head is a linear layer on {config.n_last_blocks} block(s) of [CLS] tokens
-{"and the averaged patch tokens " if config.avgpool_patchtokens else ""}({config.linear_feature_dim} features).
-
-## Recipe (DeiT's, as the DINO paper's fine-tuning)
-
-| | |
-|---|---|
-| epochs / max steps | {args.num_train_epochs} / {args.max_steps} |
-| batch per device x accumulation | {args.per_device_train_batch_size} x {args.gradient_accumulation_steps} |
-| AdamW lr (per 512 images) / weight decay | {args.base_learning_rate} / {args.weight_decay} |
-| warm-up epochs, schedule | {args.warmup_epochs}, cosine |
-| label smoothing / layer decay / drop path | {args.label_smoothing} / {args.layer_decay} / {args.drop_path_rate} |
-
-## Evaluation on {args.eval_split}
-
-| metric | value |
-|---|---|
-{rows or "| (none) | |"}
-
-## Usage
-
-```python
-import dino_hf  # registers the DINO model classes
-from transformers import pipeline
-
-classify = pipeline("image-classification", model="{repo}")
-classify("image.jpg")
-```
-"""
 
 
 __all__ = [
@@ -534,10 +502,8 @@ __all__ = [
     "FinetuneSummary",
     "classification_metrics",
     "finetune",
-    "finetuned_model_card",
     "finetuning_parameter_groups",
     "load_classifier",
     "parameter_layer_id",
-    "push_classifier",
     "save_classifier",
 ]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSource, load_image_dataset
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
-from .eval_data import eval_batches
+from .batches import eval_batches
 from .knn import knn_classify
 
 

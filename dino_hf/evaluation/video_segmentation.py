@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
-from .images import load_rgb
+from .image_files import load_rgb
 
 
 VOID = 255  # DAVIS's label for pixels no object is scored on

@@ -8,11 +8,11 @@ the one place it is written (`DinoConfig`, `MultiCropConfig`, `DinoSchedules`) w
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from ..configuration_dino import DinoConfig
 from ..data import DEFAULT_DATASET_NAME, DEFAULT_SHUFFLE_BUFFER_SIZE, MultiCropConfig
+from ..publishing import masked_arguments
 from .defaults import mirrored_field
 from .optimization import OPTIMIZERS
 from .schedules import DinoSchedules
@@ -20,21 +20,6 @@ from .schedules import DinoSchedules
 
 def _help(text: str, **kwargs) -> dict:
     return {"metadata": {"help": text}, **kwargs}
-
-
-def mask_secrets(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with every `*_token` entry replaced by `<NAME_TOKEN>`, as transformers' `TrainingArguments.to_dict`
-    does, so a Hub token never reaches a file, a log line, a tracker or a model card."""
-    return {k: f"<{k.upper()}>" if k.endswith("_token") else v for k, v in values.items()}
-
-
-def masked_arguments(*arguments: Any) -> dict[str, Any]:
-    """The fields of argument dataclasses merged into one dict, secrets masked ([`mask_secrets`]): what the run
-    writes into `trainer_state.json`, `training_summary.json`, the tracker's hyper-parameters and the model card."""
-    merged: dict[str, Any] = {}
-    for item in arguments:
-        merged.update(asdict(item))
-    return mask_secrets(merged)
 
 
 @dataclass

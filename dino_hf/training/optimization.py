@@ -46,8 +46,8 @@ class LARS(torch.optim.Optimizer):
     >>> weight = torch.nn.Parameter(torch.ones(2, 2))
     >>> weight.grad = torch.full((2, 2), 0.5)
     >>> LARS([weight], lr=0.1, eta=0.001).step()
-    >>> weight.detach()[0, 0].item()  # 1 - 0.1 * (0.001 * 2 / 1) * 0.5
-    0.9999000430107117
+    >>> round(weight.detach()[0, 0].item(), 6)  # 1 - 0.1 * (0.001 * ||p|| / ||d||) * 0.5 = 1 - 0.1 * 0.002 * 0.5
+    0.9999
     ```
     """
 

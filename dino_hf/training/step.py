@@ -7,13 +7,18 @@ layer's gradients while it is frozen -> optimizer step -> center update -> teach
 device-side flag: when the loss or a gradient is NaN or infinite, the optimizer (parameters and state), the center and
 the teacher stay exactly as they were. The flag is read on the host only when the loop logs or saves a checkpoint.
 
-No host synchronisation happens here: every returned value is a device tensor (`tests/training/test_performance.py`
-checks this with `forbid_host_sync`).
+No host synchronisation happens here: every returned value is a device tensor (`tests/training/test_step.py` checks
+this with `dino_hf.testing_utils.forbid_host_sync`).
+
+[`build_training_step`] is the one place that assembles a step (model on the device, optimizer, `accelerator.prepare`,
+`DinoTrainingStep`): the trainer and every benchmark and check in `benchmarks/` call it, so what they measure is what a
+run executes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
@@ -21,15 +26,19 @@ import torch
 from accelerate import Accelerator
 
 from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
+from .compilation import compile_blocks
 from .optimization import (
     cancel_last_layer_gradients,
     clip_gradients_global,
     clip_gradients_per_parameter,
+    create_optimizer,
     gradient_norm,
     set_optimizer_values,
 )
 from .schedules import ScheduleValues
 
+
+logger = logging.getLogger(__name__)
 
 ACCUMULATION_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 _MONITORED = ("loss", "teacher_entropy", "kl_divergence", "teacher_mean_entropy")
@@ -194,3 +203,67 @@ class DinoTrainingStep:
                 del inner.found_inf
         elif bool(finite):  # a host synchronisation, only for non-fused optimizers
             self.optimizer.step()
+
+
+@dataclass
+class TrainingStepSetup:
+    """What [`build_training_step`] returns.
+
+    Args:
+        model: the prepared model (DDP-wrapped on several processes): what the step calls.
+        dino: the same model unwrapped: what checkpoints, exports and evaluations read.
+        optimizer: the prepared optimizer over the student's parameters.
+        step: the [`DinoTrainingStep`] over `model` and `optimizer`.
+    """
+
+    model: torch.nn.Module
+    dino: DinoForSelfDistillation
+    optimizer: torch.optim.Optimizer
+    step: DinoTrainingStep
+
+
+def build_training_step(
+    accelerator: Accelerator,
+    model: DinoForSelfDistillation,
+    *,
+    lr: float,
+    weight_decay: float,
+    optimizer: str = "adamw",
+    fused: bool | None = None,
+    clip_grad: float = 3.0,
+    clip_grad_mode: str = "per_parameter",
+    num_global_crops: int = 2,
+    gradient_checkpointing: bool = False,
+    torch_compile: bool = False,
+) -> TrainingStepSetup:
+    """A model ready to train, exactly as a pretraining run prepares it: gradient checkpointing, the device, synchronised
+    BatchNorm across GPUs, the optimizer over the student (`create_optimizer`), `accelerator.prepare`, regional
+    compilation of the blocks, and the [`DinoTrainingStep`].
+
+    Args:
+        accelerator: the run's `Accelerator`.
+        model: the model to train (random, released weights or a run: `initialization.initial_model`).
+        lr, weight_decay: the optimizer's initial values (the step sets the schedules' values every step).
+        optimizer, fused: as for `create_optimizer`.
+        clip_grad, clip_grad_mode, num_global_crops: as for [`DinoTrainingStep`].
+        gradient_checkpointing: recompute the blocks' activations in the backward pass (`--gradient_checkpointing`).
+        torch_compile: compile the blocks (`compile_blocks`, `--torch_compile`).
+    """
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(accelerator.device)
+    if model.config.has_batch_norm and accelerator.num_processes > 1:
+        if accelerator.device.type in ("cuda", "xpu"):
+            # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
+    student_optimizer = create_optimizer(model.student, lr, weight_decay, fused=fused, optimizer=optimizer)
+    prepared, student_optimizer = accelerator.prepare(model, student_optimizer)
+    dino: DinoForSelfDistillation = accelerator.unwrap_model(prepared)
+    if torch_compile:
+        compile_blocks(dino)
+    step = DinoTrainingStep(
+        accelerator, prepared, student_optimizer, clip_grad, clip_grad_mode, num_global_crops=num_global_crops
+    )
+    return TrainingStepSetup(prepared, dino, student_optimizer, step)

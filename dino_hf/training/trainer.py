@@ -39,17 +39,18 @@ from ..data import (
     build_pretraining_loader,
     load_image_dataset,
 )
+from ..data.sources import first_image
+from ..distributed import run_on_main_process
 from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
+from ..publishing import create_hub_repo, masked_arguments, upload_to_hub
 from . import checkpointing as ckpt
-from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments, masked_arguments
-from .export import publish_run, training_summary
+from .arguments import DinoDataArguments, DinoModelArguments, DinoTrainingArguments
+from .export import export_run
 from .initialization import initial_model
 from .monitoring import CollapseMonitor, MetricAccumulator, non_finite_error
-from .optimization import create_optimizer
-from .performance import compile_blocks
-from .publishing import prepare_hub_repo, run_on_main_process
+from .run_summary import final_metrics, training_summary
 from .schedules import DinoSchedules, ScheduleValues
-from .step import DinoTrainingStep, resolve_gradient_accumulation_steps
+from .step import build_training_step, resolve_gradient_accumulation_steps
 
 
 logger = logging.getLogger(__name__)
@@ -199,21 +200,27 @@ def resolve_steps_per_epoch(
     return max(1, source.num_examples // total_batch)
 
 
-def build_knn_monitor(data_args: DinoDataArguments, image_size: int, crop_config: MultiCropConfig, device):
-    """The k-NN monitor of `--knn_*` (None when the data has no labels), evaluated on the training device."""
-    from ..evaluation.knn_monitor import KnnMonitor
-
-    same_dataset = data_args.knn_dataset_name is None
-    load_options = {"streaming": data_args.streaming}
-    if same_dataset:  # the training data's files and columns; another dataset is detected from scratch
-        load_options.update(
+def knn_source_options(data_args: DinoDataArguments) -> tuple[str, dict[str, Any]]:
+    """The dataset of the k-NN evaluation (`--knn_dataset_name`, else the training data) and its `load_image_dataset`
+    options: the training data's files and columns when it is the same dataset; another is detected from scratch."""
+    options: dict[str, Any] = {"streaming": data_args.streaming}
+    if data_args.knn_dataset_name is None:
+        options.update(
             data_files=data_args.data_files,
             image_column=data_args.image_column,
             label_column=data_args.label_column,
             embedded_options=data_args.embedded_options_dict(),
         )
+    return data_args.knn_dataset_name or data_args.dataset_name, options
+
+
+def build_knn_monitor(data_args: DinoDataArguments, image_size: int, crop_config: MultiCropConfig, device):
+    """The k-NN monitor of `--knn_*` (None when the data has no labels), evaluated on the training device."""
+    from ..evaluation.knn_monitor import KnnMonitor
+
+    dataset_name, load_options = knn_source_options(data_args)
     return KnnMonitor.from_dataset(
-        data_args.knn_dataset_name or data_args.dataset_name,
+        dataset_name,
         image_size,
         train_split=data_args.knn_train_split,
         eval_split=data_args.knn_eval_split,
@@ -226,6 +233,19 @@ def build_knn_monitor(data_args: DinoDataArguments, image_size: int, crop_config
         std=crop_config.std,
         device=device,
     )
+
+
+def validation_image(data_args: DinoDataArguments):
+    """The first image of the k-NN evaluation split (the validation split by default), for the model card's attention
+    picture; None, with a warning, when it cannot be read."""
+    dataset_name, load_options = knn_source_options(data_args)
+    try:
+        return first_image(load_image_dataset(dataset_name, split=data_args.knn_eval_split, **load_options))
+    except Exception as error:
+        logger.warning(
+            "The model card gets no attention picture: no image in split %r (%s).", data_args.knn_eval_split, error
+        )
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,7 +276,8 @@ class DinoPretrainer:
 
     # ------------------------------------------------------------------------------------------------ 1. set-up
     def setup(self) -> None:
-        """Accelerator, config objects, data source, model, optimizer and augmentation."""
+        """Accelerator, Hub repository (with `--push_to_hub`), config objects, data source, model, optimizer, training
+        step and augmentation."""
         args = self.args
         self.accelerator = accelerator = create_accelerator(args)
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
@@ -264,7 +285,15 @@ class DinoPretrainer:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         # Log in and create the Hub repository now: a publishing problem must stop the run before training, not after.
-        self.hub_model_id = prepare_hub_repo(accelerator, args, self.output_dir) if args.push_to_hub else None
+        self.hub_model_id = None
+        if args.push_to_hub:  # the repository id on the main process (None on the others, which upload nothing)
+            self.hub_model_id = run_on_main_process(
+                accelerator,
+                lambda: create_hub_repo(
+                    self.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo
+                ),
+                "Preparing the Hub repository",
+            )
 
         self.source = load_source(self.data_args)
         self.total_batch = args.per_device_train_batch_size * self.world_size * accelerator.gradient_accumulation_steps
@@ -278,28 +307,26 @@ class DinoPretrainer:
         self.generator = torch.Generator(device=accelerator.device).manual_seed(args.seed * 1000 + self.rank)
 
     def _build_model(self) -> None:
-        accelerator, world_size = self.accelerator, self.world_size
+        accelerator, args = self.accelerator, self.args
         with accelerator.main_process_first():  # one download of released weights; the other processes read the cache
             self.start = initial_model(self.model_args, build_model_config(self.model_args, self.data_args))
         model, self.model_args = self.start.model, self.start.model_args
         # The loss takes the scheduled temperature; the config records the one the run ends with (and exports).
         model.config.teacher_temp = float(self.schedules.teacher_temp)
-        if self.model_args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.to(accelerator.device)
-        if model.config.has_batch_norm and world_size > 1:
-            if accelerator.device.type in ("cuda", "xpu"):
-                # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's.
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            else:
-                logger.warning("SyncBatchNorm needs GPUs: BatchNorm uses per-process batch statistics here.")
-        optimizer = create_optimizer(
-            model.student, self.schedules.lr, self.schedules.weight_decay, optimizer=self.args.optimizer
+        setup = build_training_step(
+            accelerator,
+            model,
+            lr=self.schedules.lr,
+            weight_decay=self.schedules.weight_decay,
+            optimizer=args.optimizer,
+            clip_grad=args.clip_grad,
+            clip_grad_mode=args.clip_grad_mode,
+            num_global_crops=self.crop_config.global_crops_number,
+            gradient_checkpointing=self.model_args.gradient_checkpointing,
+            torch_compile=self.model_args.torch_compile,
         )
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.dino: DinoForSelfDistillation = accelerator.unwrap_model(self.model)
-        if self.model_args.torch_compile:
-            compile_blocks(self.dino)
+        self.model, self.optimizer, self.train_step = setup.model, setup.optimizer, setup.step
+        self.dino: DinoForSelfDistillation = setup.dino
 
     # ------------------------------------------------------------------------------------------------ 2. resume
     def resume(self) -> None:
@@ -355,7 +382,7 @@ class DinoPretrainer:
         )
 
     def _start_monitors(self) -> None:
-        """Trackers, the k-NN monitor, the collapse monitor, the training step and the progress bar."""
+        """Trackers, the k-NN monitor, the collapse monitor and the progress bar."""
         accelerator, args, data_args = self.accelerator, self.args, self.data_args
         if args.report_to != "none":
             # Trackers such as TensorBoard take only scalars and strings as hyper-parameters.
@@ -370,14 +397,6 @@ class DinoPretrainer:
                 data_args, self.dino.config.image_size, self.crop_config, accelerator.device
             )
         self.collapse = CollapseMonitor(out_dim=self.dino.config.out_dim)
-        self.train_step = DinoTrainingStep(
-            accelerator,
-            self.model,
-            self.optimizer,
-            args.clip_grad,
-            args.clip_grad_mode,
-            num_global_crops=self.crop_config.global_crops_number,
-        )
         self.progress = tqdm(
             total=self.max_steps,
             initial=self.global_step,
@@ -521,21 +540,25 @@ class DinoPretrainer:
         )
         # Export and upload on the main process; a failure there raises on every process instead of hanging them.
         result.export_dir = run_on_main_process(
-            self.accelerator,
-            lambda: publish_run(
-                self.dino,
-                self.output_dir,
-                history=self.history,
-                summary=summary,
-                crop_config=self.crop_config,
-                data_args=self.data_args,
-                training_args=self.args,
-                hub_model_id=self.hub_model_id,
-            ),
-            "Exporting (and uploading) the model",
+            self.accelerator, lambda: self.export_and_upload(summary), "Exporting (and uploading) the model"
         )
         self.accelerator.end_training()
         return result
+
+    def export_and_upload(self, summary: dict[str, Any]) -> Path:
+        """Training curves and the exported teacher (card with pictures), uploaded with `--push_to_hub`."""
+        export_dir = export_run(
+            self.dino,
+            self.output_dir,
+            history=self.history,
+            summary=summary,
+            crop_config=self.crop_config,
+            export_vit_model=self.args.export_vit_model,
+            attention_image=validation_image(self.data_args) if self.dino.config.backbone == "vit" else None,
+        )
+        if self.hub_model_id:
+            upload_to_hub(export_dir, self.hub_model_id, token=self.args.hub_token)
+        return export_dir
 
 
 def pretrain(
@@ -553,16 +576,6 @@ def pretrain(
     trainer.resume()
     trainer.train()
     return trainer.finish()
-
-
-def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
-    """The last logged metrics, with the last and first k-NN accuracies (`knn_top1`, `knn_top1_at_start`)."""
-    metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
-    knn_records = [r for r in history if "knn_top1" in r]
-    if knn_records:
-        metrics["knn_top1"] = knn_records[-1]["knn_top1"]
-        metrics["knn_top1_at_start"] = knn_records[0]["knn_top1"]
-    return metrics
 
 
 def _format_record(record: dict) -> str:

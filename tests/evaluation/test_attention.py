@@ -6,13 +6,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 
 from dino_hf import DinoForSelfDistillation, DinoViTModel
 from dino_hf.conversion import convert_reference_backbone_state_dict
 from dino_hf.evaluation import attention_maps, prepare_image, save_attention_grid, threshold_attention
 from dino_hf.evaluation.attention import colorize
+from dino_hf.testing_utils import tiny_config
 
 
 def test_maps_are_the_reference_cls_attention_on_the_patch_grid(reference):
@@ -129,7 +129,7 @@ def test_visualize_attention_example_on_a_training_run_folder(tmp_path):
 def test_video_mode_writes_every_frame_and_a_gif(tiny_model_folder, tmp_path):
     from dino_hf.cli.visualize_attention import run as main
     from dino_hf.evaluation.attention import _upsample
-    from dino_hf.evaluation.demo_data import generate_video_demo
+    from dino_hf.evaluation.synthetic_datasets import generate_video_demo
 
     frames = generate_video_demo(tmp_path / "davis", num_frames=5, size=32) / "JPEGImages" / "480p" / "shapes"
     animation = main(

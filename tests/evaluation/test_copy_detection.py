@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from dino_hf import DinoViTModel
 from dino_hf.evaluation.copy_detection import (
@@ -16,6 +15,7 @@ from dino_hf.evaluation.copy_detection import (
     gem,
     match_originals,
 )
+from dino_hf.testing_utils import tiny_config
 
 
 def test_gem_by_hand():

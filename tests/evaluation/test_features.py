@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 from transformers import AutoImageProcessor, pipeline
 
@@ -19,6 +18,7 @@ from dino_hf.evaluation import (
     load_features,
     save_model_with_processor,
 )
+from dino_hf.testing_utils import tiny_config
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:

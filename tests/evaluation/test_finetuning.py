@@ -8,6 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import TrainingArguments, pipeline
 
@@ -28,10 +29,13 @@ from dino_hf.evaluation.finetuning import (
     load_classifier,
     parameter_layer_id,
 )
+from dino_hf.publishing import HubPublishingError
+from dino_hf.testing_utils import FakeHub
 
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 PRETRAINED = FIXTURES / "dino_demo_pretrained"
+SECRET = "hf_dinoSecretToken0123456789abcdefXYZ"
 
 
 def tiny_config(**overrides):
@@ -148,26 +152,57 @@ def _finetune(backbone, output_dir, cache_dir, extra=()):
     return json.loads((Path(output_dir) / "finetune_summary.json").read_text())["metrics"]
 
 
-def test_finetune_pretrained_beats_random_and_publishes(tmp_path):
+def _record_training(monkeypatch, hub):
+    """Put the start and end of `Trainer.train` on the fake Hub's timeline."""
+    original = DinoFinetuningTrainer.train
+
+    def train(self, *args, **kwargs):
+        hub.record("train")
+        output = original(self, *args, **kwargs)
+        hub.record("trained")
+        return output
+
+    monkeypatch.setattr(DinoFinetuningTrainer, "train", train)
+
+
+def test_finetune_pretrained_beats_random_and_publishes(tmp_path, monkeypatch, caplog, capfd):
     pretrained = DinoViTModel.from_pretrained(PRETRAINED)
     torch.manual_seed(0)
     random_backbone = DinoViTModel(pretrained.config)
     save_model_with_processor(random_backbone, tmp_path / "random")
     cache = str(tmp_path / "embedded")
-    hub = mock.MagicMock()
-    hub.return_value.create_repo.return_value.repo_id = "someone/dino-finetuned"
-    with mock.patch("huggingface_hub.HfApi", hub):
-        tuned = _finetune(PRETRAINED, tmp_path / "tuned", cache, ["--push_to_hub", "--hub_model_id", "someone/x"])
+    hub = FakeHub(monkeypatch, user="someone")
+    _record_training(monkeypatch, hub)
+    tuned = _finetune(PRETRAINED, tmp_path / "tuned", cache, ["--push_to_hub", "--hub_token", SECRET])
+    # The same publishing as pretraining: login checked and repository created before training, upload after.
+    assert hub.events == ["whoami", "create_repo", "train", "trained", "upload_folder"]
+    assert set(hub.tokens) == {SECRET} and hub.created["repo_id"] == "someone/tuned"
     scratch = _finetune(tmp_path / "random", tmp_path / "scratch", cache)
     top1, scratch_top1 = tuned["eval_top1"], scratch["eval_top1"]
     # Measured over seeds 0-3 (docs/finetuning.md): pretrained 49-60%, random 27-31%, margin 18-31 points.
     assert top1 >= scratch_top1 + 10, (top1, scratch_top1)
 
-    # The published folder: pipeline-ready, with a card, uploaded without training checkpoints.
-    upload = hub.return_value.upload_folder.call_args.kwargs
-    assert upload["folder_path"] == str(tmp_path / "tuned") and "checkpoint-*" in upload["ignore_patterns"]
-    card = (tmp_path / "tuned" / "README.md").read_text()
-    assert "pipeline_tag: image-classification" in card and f"{top1:.4g}" in card
+    # The published folder: pipeline-ready, with the shared card builder's card, without training checkpoints and
+    # without the token anywhere.
+    uploaded = hub.uploaded["files"]
+    assert "README.md" in uploaded and not [name for name in uploaded if name.startswith(("checkpoint-", "runs"))]
+    card = ModelCard((tmp_path / "tuned" / "README.md").read_text())
+    assert card.data.pipeline_tag == "image-classification" and f"{top1:.4g}" in card.text
+    assert card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"] == round(top1, 2)
+    assert 'model="someone/tuned"' in card.text and "| hub_token | `<HUB_TOKEN>` |" in card.text
+    written = [p for p in (tmp_path / "tuned").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert written == [] and not [name for name, data in uploaded.items() if SECRET.encode() in data]
+    captured = capfd.readouterr()
+    assert SECRET not in caplog.text and SECRET not in captured.out + captured.err
     classify = pipeline("image-classification", model=str(tmp_path / "tuned"), device="cpu")
     predictions = classify(Image.new("RGB", (64, 64), (200, 200, 200)), top_k=2)
     assert predictions[0]["label"] in DinoConfig.from_pretrained(tmp_path / "tuned").label2id
+
+
+@pytest.mark.parametrize("fail", ["whoami", "create_repo"])
+def test_a_login_or_repository_failure_stops_finetuning_before_training(tmp_path, monkeypatch, fail):
+    hub = FakeHub(monkeypatch, fail=fail, secret=SECRET)
+    _record_training(monkeypatch, hub)
+    with pytest.raises(HubPublishingError, match="--push_to_hub") as error:
+        _finetune(PRETRAINED, tmp_path / "tuned", str(tmp_path / "embedded"), ["--push_to_hub", "--hub_token", SECRET])
+    assert "train" not in hub.events and SECRET not in str(error.value)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from dino_hf import DinoConfig, DinoViTModel
 from dino_hf.conversion import convert_reference_backbone_state_dict
@@ -21,6 +20,7 @@ from dino_hf.evaluation import (
     train_linear_probe_on_features,
 )
 from dino_hf.evaluation.linear import DEFAULT_BASE_LRS
+from dino_hf.testing_utils import tiny_config
 
 
 def reference_model(reference) -> DinoViTModel:

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 
 from dino_hf import DinoViTModel
-from dino_hf.evaluation.demo_data import generate_retrieval_demo
 from dino_hf.evaluation.retrieval import (
     REFERENCE_SCALES,
     compute_ap,
@@ -21,6 +19,8 @@ from dino_hf.evaluation.retrieval import (
     load_retrieval_dataset,
     protocol_ground_truth,
 )
+from dino_hf.evaluation.synthetic_datasets import generate_retrieval_demo
+from dino_hf.testing_utils import tiny_config
 
 
 def test_ap_with_junk_by_hand():

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 
 from dino_hf import DinoViTModel
-from dino_hf.evaluation.demo_data import generate_video_demo
+from dino_hf.evaluation.synthetic_datasets import generate_video_demo
 from dino_hf.evaluation.video_segmentation import (
     PropagationConfig,
     boundary_f_measure,
@@ -27,6 +26,7 @@ from dino_hf.evaluation.video_segmentation import (
     summarise,
     write_indexed_png,
 )
+from dino_hf.testing_utils import tiny_config
 
 
 def test_region_similarity_by_hand():

@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from dino_hf import DinoForSelfDistillation
+from dino_hf.testing_utils import tiny_config
 from dino_hf.training import checkpointing as ckpt
 from dino_hf.training.optimization import create_optimizer
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import tiny_config
 from torch import nn
 
 from dino_hf import DinoForSelfDistillation
+from dino_hf.testing_utils import tiny_config
 from dino_hf.training.optimization import (
     cancel_last_layer_gradients,
     clip_gradients_global,

@@ -1,6 +1,6 @@
 """The pretraining loop end to end on the embedded dataset: export, exact resume, NaN stop, collapse warning.
 
-Publishing to the Hub: test_publishing.py.
+Publishing to the Hub: test_trainer_publishing.py.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Run by `torchrun --nproc_per_node 2` from test_publishing.py: `run_on_main_process` returns the main process's
+"""Run by `torchrun --nproc_per_node 2` from test_trainer_publishing.py: `run_on_main_process` returns the main process's
 result there (None on the other), then raises its failure on both. Each process writes what it saw to `rank<N>.txt`."""
 
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from dino_hf.training.publishing import run_on_main_process
+from dino_hf.distributed import run_on_main_process
 
 
 def main(output_dir: str) -> None:

@@ -1,23 +1,24 @@
-"""Publishing: the Hub token stays secret, the repository exists before step 1, the model card, failures raise.
+"""How a pretraining run publishes (the trainer with `dino_hf.publishing`, `dino_hf.distributed` and the card of
+`dino_hf.model_card`): the Hub token stays secret, the repository exists before step 1, the uploaded card, failures
+raise on every process. Fine-tuning: tests/evaluation/test_finetuning.py; the pieces alone: tests/test_publishing.py,
+tests/test_model_card.py.
 
-Only the `HfApi` boundary (`whoami`, `create_repo`, `upload_folder`) is faked.
+Only the `HfApi` boundary (`whoami`, `create_repo`, `upload_folder`) is faked (`dino_hf.testing_utils.FakeHub`).
 """
 
 import logging
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
-from conftest import tiny_config
 from huggingface_hub import ModelCard
 from test_pretrain import tiny_run
 from torchrun_helpers import run_two_processes
 
+from dino_hf.distributed import MainProcessError
+from dino_hf.publishing import HubPublishingError
+from dino_hf.testing_utils import FakeHub
 from dino_hf.training import DinoTrainingArguments, pretrain
-from dino_hf.training.arguments import mask_secrets
-from dino_hf.training.export import model_card
-from dino_hf.training.publishing import HubPublishingError, default_repo_id
 
 
 SECRET = "hf_dinoSecretToken0123456789abcdefXYZ"
@@ -28,50 +29,7 @@ def embedded_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("embedded")
 
 
-class FakeHub:
-    """Records the `HfApi` calls (and the token each was made with) in order; `fail` names a call that raises."""
-
-    def __init__(self, monkeypatch, user="alice", fail=None):
-        self.events, self.tokens, self.uploaded = [], [], {}
-        hub = self
-
-        def whoami(api, token=None, **kwargs):
-            hub._call("whoami", api)
-            return {"name": user}
-
-        def create_repo(api, repo_id, private=False, exist_ok=False, **kwargs):
-            hub._call("create_repo", api)
-            hub.created = {"repo_id": repo_id, "private": private, "exist_ok": exist_ok}
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def upload_folder(api, repo_id, folder_path, commit_message=None, **kwargs):
-            hub._call("upload_folder", api)
-            folder = Path(folder_path)
-            hub.uploaded = {
-                "repo_id": repo_id,
-                "files": {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()},
-            }
-
-        self.fail = fail
-        for name, function in (("whoami", whoami), ("create_repo", create_repo), ("upload_folder", upload_folder)):
-            monkeypatch.setattr(huggingface_hub.HfApi, name, function)
-
-    def _call(self, name, api):
-        self.events.append(name)
-        self.tokens.append(api.token)
-        if name == self.fail:
-            raise huggingface_hub.errors.HfHubHTTPError(f"403 Forbidden: {name} refused for token {SECRET}")
-
-    def step(self, step, batch, output, model):
-        self.events.append(f"step {step}")
-
-
-def test_mask_secrets_as_transformers_training_arguments():
-    assert mask_secrets({"hub_token": "x", "push_to_hub_token": "y", "lr": 1.0}) == {
-        "hub_token": "<HUB_TOKEN>",
-        "push_to_hub_token": "<PUSH_TO_HUB_TOKEN>",
-        "lr": 1.0,
-    }
+def test_the_arguments_never_show_the_token():
     args = DinoTrainingArguments(hub_token=SECRET)
     assert SECRET not in repr(args) and SECRET not in str(args) and "<HUB_TOKEN>" in repr(args)
     assert args.hub_token == SECRET  # still usable in memory
@@ -120,7 +78,7 @@ def test_push_creates_the_repo_before_step_one_and_uploads_a_card(tmp_path, embe
         data={"knn_at_start_and_end": True, "knn_train_samples": 40, "knn_eval_samples": 20, "knn_k": 5},
         training={"push_to_hub": True, "max_steps": 2},
     )
-    result = pretrain(*args, step_callback=hub.step)
+    result = pretrain(*args, step_callback=lambda step, *_: hub.record(f"step {step}"))
     # Login checked and repository created before the first step, upload after the last.
     assert hub.events == ["whoami", "create_repo", "step 1", "step 2", "upload_folder"]
     assert hub.created == {"repo_id": "alice/dino-tiny-run", "private": False, "exist_ok": True}
@@ -152,55 +110,32 @@ def test_push_creates_the_repo_before_step_one_and_uploads_a_card(tmp_path, embe
     assert "alice/dino-tiny-run" in card.text
 
 
-def test_card_metadata_names_the_hub_dataset_and_the_base_model():
-    summary = {
-        "arch": "vit_small",
-        "dataset_name": "timm/imagenet-1k-wds",
-        "base_model": "facebook/dino-vits16",
-        "hub_model_id": "alice/dino",
-        "args": {"hub_token": SECRET, "lr": 0.0005},
-    }
-    card = model_card(tiny_config(), summary)
-    data = card.data.to_dict()
-    assert data["datasets"] == ["timm/imagenet-1k-wds"] and data["base_model"] == "facebook/dino-vits16"
-    assert "model-index" not in data  # no k-NN measured
-    assert SECRET not in str(card) and "<HUB_TOKEN>" in card.text
-    from_url = model_card(tiny_config(), {**summary, "base_model": "https://dl.fbaipublicfiles.com/dino/x.pth"})
-    assert "base_model" not in from_url.data.to_dict() and "dl.fbaipublicfiles.com" in from_url.text
-
-
-def test_default_repo_id_is_the_output_folder_under_the_user():
-    assert default_repo_id("alice", "outputs/dino-vits16/") == "alice/dino-vits16"
-    assert default_repo_id("alice", "outputs/x", "my-dino") == "alice/my-dino"
-    assert default_repo_id("alice", "outputs/x", "org/my-dino") == "org/my-dino"
-
-
 @pytest.mark.parametrize("fail", ["whoami", "create_repo"])
 def test_login_or_repo_failure_stops_before_training(tmp_path, embedded_cache, monkeypatch, fail):
-    hub = FakeHub(monkeypatch, fail=fail)
+    hub = FakeHub(monkeypatch, fail=fail, secret=SECRET)
     args = tiny_run(tmp_path, embedded_cache, training={"push_to_hub": True, "hub_token": SECRET, "max_steps": 2})
     with pytest.raises(HubPublishingError, match="--push_to_hub") as error:
-        pretrain(*args, step_callback=hub.step)
+        pretrain(*args, step_callback=lambda step, *_: hub.record(f"step {step}"))
     assert not [e for e in hub.events if e.startswith("step")]
     assert SECRET not in str(error.value)
 
 
 def test_upload_failure_raises(tmp_path, embedded_cache, monkeypatch):
-    hub = FakeHub(monkeypatch, fail="upload_folder")
+    hub = FakeHub(monkeypatch, fail="upload_folder", secret=SECRET)
     args = tiny_run(tmp_path, embedded_cache, training={"push_to_hub": True, "hub_token": SECRET, "max_steps": 1})
     with pytest.raises(HubPublishingError, match="Uploading") as error:
-        pretrain(*args, step_callback=hub.step)
+        pretrain(*args, step_callback=lambda step, *_: hub.record(f"step {step}"))
     assert hub.events[-1] == "upload_folder" and SECRET not in str(error.value)
     assert (tmp_path / "export" / "model.safetensors").exists()  # the export is kept for a later upload
 
 
 def test_a_main_process_failure_raises_on_every_process_without_hanging(tmp_path):
     """Two CPU processes (gloo): the main process's failure reaches the other one, which would otherwise wait."""
-    run_two_processes(Path(__file__).parent / "hub_worker.py", str(tmp_path))
+    run_two_processes(Path(__file__).parent / "main_process_worker.py", str(tmp_path))
     outcomes = {rank: (tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
     assert outcomes[0] == "ok 'alice/run'|raised RuntimeError: upload refused"
     assert outcomes[1] == (
-        "ok None|raised HubPublishingError: Uploading failed on the main process: RuntimeError: upload refused"
+        f"ok None|raised {MainProcessError.__name__}: Uploading failed on the main process: RuntimeError: upload refused"
     )
 
 

@@ -1,5 +1,6 @@
-"""Small generated datasets in the layouts the retrieval, copy-detection and video-segmentation evaluations read, so
-their commands run offline (the docs' runnable examples and the tests).
+"""Synthetic datasets in the folder layouts the retrieval, copy-detection and video-segmentation evaluations read
+(`--generate_demo_data`), so their commands run offline (the docs' runnable examples and the tests). The labelled
+synthetic dataset of pretraining, k-NN and the linear probe is `dino_hf.data.synthetic` ("embedded").
 
 They check that a pipeline runs end to end and that its numbers are computed right; they are not benchmarks.
 

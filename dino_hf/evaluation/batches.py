@@ -1,4 +1,5 @@
-"""Batches of preprocessed images for the evaluation protocols, from any `datasets` source of `dino_hf.data`.
+"""Batches of preprocessed images for the classification protocols (k-NN, linear probe, fine-tuning, feature export),
+from any `datasets` source of `dino_hf.data`.
 
 - [`eval_batches`]: every image once, in order, with the paper's evaluation preprocessing (resize 256, center crop
   224, normalise), for k-NN, feature export and the linear probe's validation;
