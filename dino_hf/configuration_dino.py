@@ -11,6 +11,7 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, ResNetConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 
 # The paper's backbones (Caron et al. 2021, Table 1 / the reference `vision_transformer.py`).
@@ -34,7 +35,7 @@ HEAD_FIELDS = (
 
 
 @strict
-class DinoConfig(PreTrainedConfig):
+class DinoConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a DINO model: the backbone (the DINO ViT, [`DinoViTModel`], or transformers' `ResNetModel`), the
     projection head ([`DinoHead`]) and the self-distillation loss ([`DinoForSelfDistillation`]). The defaults are the
@@ -93,6 +94,20 @@ class DinoConfig(PreTrainedConfig):
             Defaults by width: True for ViT-B and wider, else False.
         The classifier also honours transformers' `num_labels`, `id2label`, `label2id` and `problem_type`.
 
+    Dense features ([`DinoBackbone`], `AutoBackbone`; transformers' `BackboneConfigMixin`, as `Dinov2Config`):
+        out_features (`list[str]`, *optional*): stages whose outputs become feature maps, among `stage_names`:
+            `"stem"` (the embeddings: patch tokens plus position embeddings) and `"stage1"` ... `"stageN"` (the
+            output of block 1 ... N). Defaults to the last block.
+        out_indices (`list[int]`, *optional*): the same stages by index into `stage_names` (0 is the stem, `i` block
+            `i`; negative indices count from the end). Give either, or both if they agree.
+        apply_layernorm (`bool`, defaults to `True`): pass each feature map through the final LayerNorm, as the
+            reference's `get_intermediate_layers` does for its outputs.
+        reshape_hidden_states (`bool`, defaults to `True`): feature maps as `(batch, hidden_size, H / patch_size,
+            W / patch_size)` patch grids ([CLS] dropped); False keeps the `(batch, 1 + num_patches, hidden_size)`
+            token sequences, [CLS] first (what DPT's reassemble stage reads).
+        `stage_names` is derived from `num_hidden_layers`; configs saved before these fields existed load with the
+        defaults.
+
     Example:
 
     ```python
@@ -139,6 +154,11 @@ class DinoConfig(PreTrainedConfig):
     n_last_blocks: int | None = None
     avgpool_patchtokens: bool | None = None
 
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
+
     def __post_init__(self, **kwargs):
         # The reference's linear-evaluation features by width (eval_linear.py help: n=4 for ViT-S, n=1 + avgpool for
         # ViT-B); resolved once here, so a saved config states the layout its classifier was trained on.
@@ -150,6 +170,11 @@ class DinoConfig(PreTrainedConfig):
         if self.avgpool_patchtokens is None:
             self.avgpool_patchtokens = wide and not resnet
         self.check_values()
+        # The stem (embeddings) and one stage per block, named as transformers' ViT backbones (Dinov2Config) name them.
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
 
     def check_values(self) -> None:

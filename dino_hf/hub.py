@@ -9,6 +9,9 @@
   not a `DinoViTModel`: it is refused, with the way to load it.
 - [`load_backbone`]: any DINO backbone in eval mode, whatever its architecture: a [`DinoViTModel`] (from every layout
   above) or transformers' `ResNetModel` (an exported ResNet, a ResNet run's teacher, the released ResNet-50).
+- [`auto_backbone_from_pretrained`]: `AutoBackbone.from_pretrained` once dino_hf is imported
+  ([`install_auto_backbone_loader`]): the released models by name, and local folders by their config.json.
+  [`DinoBackbone`] takes every layout above, like [`DinoViTModel`].
 
 Example:
 
@@ -17,20 +20,25 @@ Example:
 >>> from dino_hf.hub import load_backbone
 >>> model = DinoViTModel.from_pretrained("dino-vits16")  # doctest: +SKIP
 >>> resnet = load_backbone("dino-resnet50")  # doctest: +SKIP
+>>> from transformers import AutoBackbone
+>>> dense = AutoBackbone.from_pretrained("dino-vits16", out_indices=[3, 6, 9, 12])  # doctest: +SKIP
 ```
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 from typing import Any
 
-from transformers import PreTrainedConfig, ResNetModel
+from transformers import AutoBackbone, PreTrainedConfig, ResNetBackbone, ResNetModel
+from transformers.models.auto.auto_factory import _BaseAutoBackboneClass, _BaseAutoModelClass
 
 from .configuration_dino import HEAD_FIELDS, DinoConfig
 from .conversion import DINO_LAYER_NORM_EPS, from_official_checkpoint, from_vit_model
-from .modeling_dino import DinoForSelfDistillation, DinoViTModel, MissingWeightsError
-from .releases import release_from_official_files, resolve_model_id
+from .modeling_dino import DinoBackbone, DinoForSelfDistillation, DinoViTModel, MissingWeightsError
+from .releases import RELEASED_MODELS, release_from_official_files, released_model, resolve_model_id
 
 
 logger = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revi
 _VIT_LOAD_KWARGS = (*_HUB_KWARGS, "dtype", "torch_dtype", "weights_only", "use_safetensors")
 # Fields `from_pretrained` of a backbone as DinoForSelfDistillation takes as keyword arguments.
 _NEW_HEAD_KWARGS = (*HEAD_FIELDS, "student_temp", "teacher_temp", "center_momentum", "drop_path_rate")
+# Backbone fields that choose the feature maps, not the weights (BackboneConfigMixin's, and DINO's flags).
+_FEATURE_MAP_KWARGS = ("out_features", "out_indices", "apply_layernorm", "reshape_hidden_states")
 
 
 def load_foreign_pretrained(
@@ -55,7 +65,9 @@ def load_foreign_pretrained(
       ([`~dino_hf.conversion.from_vit_model`], LayerNorm epsilon restored to DINO's 1e-6); for
       [`DinoForSelfDistillation`] that backbone with a new head;
     - a `DinoForSelfDistillation` folder loaded as [`DinoViTModel`] (e.g. by `AutoModel`): the teacher backbone;
-    - a `DinoViTModel` folder loaded as [`DinoForSelfDistillation`]: the backbone with a new head.
+    - a `DinoViTModel` folder loaded as [`DinoForSelfDistillation`]: the backbone with a new head;
+    - as [`DinoBackbone`]: whatever [`DinoViTModel`] loads from another layout (a released name, the Hub's
+      `ViTModel`, a training run's teacher), every weight used; `DinoViTModel` folders load natively.
 
     A new head leaves weights at their random initialisation, so it raises [`MissingWeightsError`] naming them unless
     `allow_missing_weights=True`, which downgrades it to a warning. Loading a ResNet (an exported one, a ResNet run,
@@ -68,6 +80,8 @@ def load_foreign_pretrained(
         return _load_as_vit_backbone(name_or_path, model_args, kwargs, allow_missing_weights)
     if cls is DinoForSelfDistillation:
         return _load_as_self_distillation(name_or_path, model_args, kwargs, allow_missing_weights)
+    if cls is DinoBackbone:
+        return _load_as_dense_backbone(name_or_path, model_args, kwargs, allow_missing_weights)
     return None
 
 
@@ -97,6 +111,52 @@ def load_backbone(name_or_path: Any, **kwargs: Any) -> DinoViTModel | ResNetMode
         allow_missing_weights = kwargs.pop("allow_missing_weights", False)
         return _teacher_backbone(name_or_path, (), kwargs, allow_missing_weights).eval()
     return DinoViTModel.from_pretrained(name_or_path, **kwargs).eval()
+
+
+def auto_backbone_from_pretrained(auto_class: type, name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+    """`AutoBackbone.from_pretrained` once dino_hf is imported: transformers' own, except for two kinds of source.
+
+    - A released DINO model, by name (`"dino-vits16"`, `"dino_vitb8"`, ...) or Hub id (`"facebook/dino-vits16"`, a
+      transformers `ViTModel`, which `AutoBackbone` cannot map): a [`DinoBackbone`] as `DinoBackbone.from_pretrained`
+      loads it; the ResNet-50 (official files): transformers' `ResNetBackbone` with its weights.
+    - A local folder: loaded by its config.json, as the other Auto classes do (a `DinoViTModel` or training folder
+      gives a [`DinoBackbone`], an exported DINO ResNet transformers' `ResNetBackbone`). transformers 5's
+      `AutoBackbone.from_pretrained` first asks the Hub whether the name is a repository (`repo_exists`) and sends
+      everything else to timm, so a local path fails (an invalid repository id, or no Hub access when offline).
+
+    Any other name goes to transformers' `AutoBackbone.from_pretrained` unchanged.
+    """
+    if _is_dino_release(name_or_path):
+        if release_from_official_files(name_or_path) is not None:
+            return _resnet_backbone(load_backbone(name_or_path), kwargs)
+        return DinoBackbone.from_pretrained(name_or_path, *model_args, **kwargs)
+    if isinstance(name_or_path, (str, os.PathLike)) and os.path.isdir(name_or_path):
+        return _BaseAutoModelClass.from_pretrained.__func__(auto_class, name_or_path, *model_args, **kwargs)
+    return _BaseAutoBackboneClass.from_pretrained.__func__(auto_class, name_or_path, *model_args, **kwargs)
+
+
+def install_auto_backbone_loader() -> None:
+    """Make `AutoBackbone.from_pretrained` [`auto_backbone_from_pretrained`] (`import dino_hf` does, once).
+
+    Only `AutoBackbone` changes (not the other backbone Auto classes), and only for the sources that function names.
+    """
+    AutoBackbone.from_pretrained = classmethod(auto_backbone_from_pretrained)
+
+
+def _is_dino_release(name: Any) -> bool:
+    return released_model(name) is not None or any(name == m.hub_id for m in RELEASED_MODELS.values() if m.hub_id)
+
+
+def _resnet_backbone(resnet: ResNetModel, kwargs: dict[str, Any]) -> ResNetBackbone:
+    """transformers' `ResNetBackbone` with a DINO `ResNetModel`'s weights (all of them: the pooler has none)."""
+    unknown = sorted(set(kwargs) - {"out_features", "out_indices"})
+    if unknown:
+        raise TypeError(f"A released DINO ResNet as ResNetBackbone takes out_features and out_indices, not {unknown}.")
+    config = copy.deepcopy(resnet.config)
+    config.set_output_features_output_indices(kwargs.get("out_features"), kwargs.get("out_indices"))
+    backbone = ResNetBackbone(config)
+    backbone.load_state_dict(resnet.state_dict())
+    return backbone.to(resnet.dtype).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -138,6 +198,41 @@ def _load_as_self_distillation(
     model = DinoForSelfDistillation.from_backbone(backbone, **head_fields)
     new = _require_new_head_opt_in(model, source, allow_missing_weights)
     return _with_loading_info(model, kwargs, missing_keys=new)
+
+
+def _load_as_dense_backbone(
+    source: Any, model_args: tuple, kwargs: dict[str, Any], allow_missing_weights: bool
+) -> DinoBackbone | None:
+    values = _source_config(source, kwargs)
+    if values.get("model_type") == DinoConfig.model_type and not _is_training_run(values):
+        return None  # a DinoViTModel or DinoBackbone folder: transformers' loading, every weight checked
+    if release_from_official_files(source) is not None or "resnet" in (
+        values.get("model_type"),
+        values.get("backbone"),
+    ):
+        raise ValueError(
+            f"{source} is a ResNet, not a DINO ViT: DinoBackbone.from_pretrained gives a DinoBackbone or nothing. "
+            "AutoBackbone.from_pretrained gives transformers' ResNetBackbone for a released name or an exported "
+            "ResNet folder (a training run: export it first with dino-hf-export)."
+        )
+    feature_maps = _feature_map_fields(kwargs)
+    loading = {k: v for k, v in kwargs.items() if k not in ("config", "output_loading_info")}
+    vit = DinoViTModel.from_pretrained(source, *model_args, allow_missing_weights=allow_missing_weights, **loading)
+    return _with_loading_info(DinoBackbone.from_backbone(vit, **feature_maps), kwargs)
+
+
+def _feature_map_fields(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The feature-map fields asked for (removed from `kwargs`), over those of a DINO `config` passed along (as
+    `AutoBackbone.from_pretrained` passes the one it read, with its own keyword arguments applied)."""
+    config = kwargs.get("config")
+    fields = {}
+    if isinstance(config, DinoConfig):
+        fields = {"out_features": config.out_features, "apply_layernorm": config.apply_layernorm}
+        fields["reshape_hidden_states"] = config.reshape_hidden_states
+    given = {k: kwargs.pop(k) for k in _FEATURE_MAP_KWARGS if k in kwargs}
+    if "out_features" in given or "out_indices" in given:
+        fields.pop("out_features", None)
+    return {**fields, **given}
 
 
 def _not_a_vit_error(source: Any, what: str, loads_with_auto_model: bool) -> ValueError:
@@ -235,4 +330,9 @@ def _require_new_head_opt_in(model: DinoForSelfDistillation, source: Any, allow_
     return new
 
 
-__all__ = ["load_backbone", "load_foreign_pretrained"]
+__all__ = [
+    "auto_backbone_from_pretrained",
+    "install_auto_backbone_loader",
+    "load_backbone",
+    "load_foreign_pretrained",
+]

@@ -5,6 +5,8 @@ Transformers").
 - [`DinoViTModel`]: the pre-norm ViT backbone; its `pooler_output` is the final-LayerNorm [CLS] token, the DINO
   feature. Its blocks run in one place, [`DinoEncoder`]`.forward`, whose options serve every feature API; hidden
   states and attentions are recorded by transformers' output capture.
+- [`DinoBackbone`]: the same ViT as a transformers backbone (`AutoBackbone`): feature maps `(B, D, H/p, W/p)` of
+  the stem and any blocks, for dense models (UperNet, DPT); it runs the same encoder forward.
 - [`DinoHead`]: the projection head (MLP -> L2-normalised bottleneck -> weight-normalised prototypes).
 - [`DinoLoss`] and [`DinoCenter`]: the multi-crop cross-entropy with a centred, sharpened teacher.
 - [`DinoForSelfDistillation`]: student and EMA teacher (backbone + head each), the center, and the loss.
@@ -31,11 +33,17 @@ from torch import nn
 from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dino import DinoConfig
@@ -456,6 +464,14 @@ class DinoPreTrainedModel(PreTrainedModel):
             )
         logger.warning("%s They stay random (allow_missing_weights=True).", message)
 
+    def _check_attentions_supported(self, output_attentions: bool) -> None:
+        if output_attentions and (self.config._attn_implementation or "sdpa") != "eager":
+            raise ValueError(
+                "output_attentions=True needs the eager attention path; load the model with "
+                "attn_implementation='eager' or call model.set_attn_implementation('eager'). "
+                "get_last_selfattention() works with any attention implementation."
+            )
+
     def _init_weights(self, module: nn.Module) -> None:
         """The reference initialisation: truncated normal (std 0.02) for linear layers, tokens and positions."""
         std = self.config.initializer_range
@@ -531,14 +547,6 @@ class DinoViTModel(DinoPreTrainedModel):
 
     def get_input_embeddings(self) -> DinoPatchEmbeddings:
         return self.embeddings.patch_embeddings
-
-    def _check_attentions_supported(self, output_attentions: bool) -> None:
-        if output_attentions and (self.config._attn_implementation or "sdpa") != "eager":
-            raise ValueError(
-                "output_attentions=True needs the eager attention path; load the model with "
-                "attn_implementation='eager' or call model.set_attn_implementation('eager'). "
-                "get_last_selfattention() works with any attention implementation."
-            )
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> DinoModelOutput | tuple:
@@ -622,6 +630,107 @@ class DinoViTModel(DinoPreTrainedModel):
         Every other block keeps the configured (fused) attention; only the last one computes explicit weights.
         """
         return self.encoder(self.embeddings(pixel_values), return_last_attention=True).last_attention
+
+
+class DinoBackbone(BackboneMixin, DinoPreTrainedModel):
+    """The DINO ViT as a transformers backbone (`AutoBackbone`), for dense models such as UperNet or DPT.
+
+    The same modules and weight names as [`DinoViTModel`] (a saved `DinoViTModel` loads into it with every weight
+    used) and the same encoder forward; `feature_maps` holds the outputs of the stages in `config.out_features`
+    (`"stem"`: the embeddings, `"stage<i>"`: block `i`), each through the final LayerNorm as the reference's
+    `get_intermediate_layers` gives them (`config.apply_layernorm`), as `(B, hidden_size, H / patch_size,
+    W / patch_size)` patch grids (`config.reshape_hidden_states`; [CLS] dropped) for any input size divisible by the
+    patch size (position embeddings interpolated). `channels`, `out_feature_channels` and `stage_names` come from
+    transformers' `BackboneMixin`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf import DinoBackbone, DinoConfig
+    >>> config = DinoConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    ...                     out_indices=[2, 4])
+    >>> backbone = DinoBackbone(config).eval()
+    >>> [tuple(m.shape) for m in backbone(torch.randn(1, 3, 32, 48)).feature_maps], backbone.channels
+    ([(1, 64, 4, 6), (1, 64, 4, 6)], [64, 64])
+    ```
+    """
+
+    def __init__(self, config: DinoConfig) -> None:
+        if config.backbone != "vit":
+            raise ValueError(
+                f"DinoBackbone is the DINO ViT; a config with backbone={config.backbone!r} is a ResNet, whose backbone "
+                "is transformers' ResNetBackbone (AutoBackbone of an exported ResNet folder gives it)."
+            )
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.embeddings = DinoEmbeddings(config)
+        self.encoder = DinoEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> DinoPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    @classmethod
+    def from_backbone(cls, backbone: DinoViTModel, **config_overrides: Any) -> DinoBackbone:
+        """A backbone with `backbone`'s weights (all of them, loaded strictly), dtype and mode.
+
+        Args:
+            backbone: a [`DinoViTModel`].
+            **config_overrides: e.g. `out_indices=[4, 8, 12]`, `out_features=["stage12"]`, `apply_layernorm=False`,
+                `reshape_hidden_states=False`.
+        """
+        stages = {name: config_overrides.pop(name, None) for name in ("out_features", "out_indices")}
+        config = _config_for_backbone(backbone.config, cls.__name__, config_overrides)
+        if any(value is not None for value in stages.values()):
+            config.set_output_features_output_indices(**stages)  # both at once: they must agree
+        model = cls(config)
+        model.load_state_dict(backbone.state_dict())
+        return model.to(backbone.dtype).train(backbone.training)
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def _run_encoder(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
+        """The encoder forward, whose every block output (and attention) transformers' output capture records."""
+        return BaseModelOutput(last_hidden_state=self.encoder(self.embeddings(pixel_values)).last_hidden_state)
+
+    @can_return_tuple
+    @filter_output_hidden_states
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
+        """
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; height and width must be multiples of `config.patch_size`.
+            output_hidden_states (`bool`, *optional*): also return the embeddings and every block's output (before
+                the final LayerNorm), as [`DinoViTModel`] does.
+            output_attentions (`bool`, *optional*): return every block's attention probabilities (eager path only).
+            return_dict (`bool`, *optional*): return a `BackboneOutput` instead of a tuple.
+
+        Returns:
+            `BackboneOutput` with `feature_maps`, one per stage of `config.out_features`, in that order.
+        """
+        self._check_attentions_supported(kwargs.get("output_attentions", self.config.output_attentions))
+        # `filter_output_hidden_states` asked for every hidden state: the stages' outputs come from them.
+        output = self._run_encoder(pixel_values, **{**kwargs, "return_dict": True})
+        height, width = pixel_values.shape[-2:]
+        feature_maps = tuple(
+            self._feature_map(hidden_state, height, width)
+            for stage, hidden_state in zip(self.stage_names, output.hidden_states)
+            if stage in self.out_features
+        )
+        return BackboneOutput(
+            feature_maps=feature_maps, hidden_states=output.hidden_states, attentions=output.attentions
+        )
+
+    def _feature_map(self, hidden_state: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.config.apply_layernorm:
+            hidden_state = self.layernorm(hidden_state)
+        if not self.config.reshape_hidden_states:
+            return hidden_state
+        patch_size = self.config.patch_size
+        # Patch tokens are in row-major order of the (height / p, width / p) grid, as the patch projection flattens it.
+        grid = hidden_state[:, 1:].reshape(hidden_state.shape[0], height // patch_size, width // patch_size, -1)
+        return grid.permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1347,6 +1456,7 @@ class DinoForImageClassification(DinoPreTrainedModel):
 __all__ = [
     "backbone_features",
     "build_backbone",
+    "DinoBackbone",
     "DinoBackboneWithHead",
     "DinoCenter",
     "DinoForImageClassification",

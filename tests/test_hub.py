@@ -10,9 +10,9 @@ import torch
 from conftest import small_dino_vit, tiny_config, write_hub_snapshot
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoModel, ViTModel, pipeline
+from transformers import AutoBackbone, AutoImageProcessor, AutoModel, ResNetBackbone, ViTModel, pipeline
 
-from dino_hf import DinoConfig, DinoForSelfDistillation, DinoViTModel, MissingWeightsError
+from dino_hf import DinoBackbone, DinoConfig, DinoForSelfDistillation, DinoViTModel, MissingWeightsError
 from dino_hf.hub import load_backbone
 from dino_hf.releases import released_model
 
@@ -37,6 +37,24 @@ def test_hub_id_and_paper_names_load_the_vit_model_as_a_dino_backbone(fake_hub, 
     assert (feature - hub_vit_cls(pixels, layer_norm_eps=1e-6)).abs().max() < 1e-4
     # Against the Hub model as it is (eps 1e-12) the difference is the epsilon's, small but not zero.
     assert 0 < (feature - hub_vit_cls(pixels, layer_norm_eps=1e-12)).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("name", ["dino-vits16", "dino_deitsmall16", "facebook/dino-vits16"])
+def test_auto_backbone_takes_the_released_names_as_dino_vit_model_does(fake_hub, name):
+    backbone = AutoBackbone.from_pretrained(name, out_indices=[1, 2])
+    assert type(backbone) is DinoBackbone and not backbone.training and backbone.out_features == ["stage1", "stage2"]
+    assert backbone.config.layer_norm_eps == 1e-6  # DINO's, as DinoViTModel.from_pretrained gives it
+    vit = DinoViTModel.from_pretrained(name)
+    vit_state = vit.state_dict()
+    assert backbone.state_dict().keys() == vit_state.keys()
+    assert all(torch.equal(value, vit_state[key]) for key, value in backbone.state_dict().items())
+    pixels = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        last = backbone(pixels).feature_maps[-1]
+        expected = vit.get_intermediate_layers(pixels, 1)[0]  # block 2 of 2, through the final norm
+    torch.testing.assert_close(last, expected[:, 1:].reshape(1, 4, 6, 32).permute(0, 3, 1, 2), rtol=0, atol=1e-6)
+    sequences = AutoBackbone.from_pretrained(name, out_features=["stage2"], reshape_hidden_states=False)
+    assert sequences.out_indices == [2] and not sequences.config.reshape_hidden_states
 
 
 def test_load_backbone_and_config_overrides_take_hub_names(fake_hub):
@@ -176,6 +194,13 @@ def test_dino_resnet50_loads_from_its_official_files(tmp_path, monkeypatch):
     assert isinstance(backbone, ResNetModel) and downloads == [released_model("dino-resnet50").backbone_url]
     run = DinoForSelfDistillation.from_pretrained("dino-resnet50")
     assert run.config.backbone == "resnet" and downloads[-1].endswith("dino_resnet50_pretrain_full_checkpoint.pth")
+    # AutoBackbone: transformers' own ResNetBackbone with the released weights; DinoBackbone refuses before downloading.
+    with pytest.raises(ValueError, match="ResNet.*AutoBackbone.from_pretrained gives transformers' ResNetBackbone"):
+        DinoBackbone.from_pretrained("dino-resnet50")
+    dense = AutoBackbone.from_pretrained("dino-resnet50", out_indices=[2, 4])
+    assert type(dense) is ResNetBackbone and not dense.training
+    assert dense.channels == [backbone.config.hidden_sizes[1], backbone.config.hidden_sizes[3]]
+    assert all(torch.equal(value, backbone.state_dict()[key]) for key, value in dense.state_dict().items())
 
 
 def test_a_resnet_is_no_dino_vit_model_and_load_backbone_reads_it(tmp_path):
