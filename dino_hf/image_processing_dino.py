@@ -8,6 +8,8 @@ attention maps, retrieval, copy detection and video segmentation.
 - [`dino_image_processor`]: the paper's evaluation preprocessing (resize the shorter side to `image_size / 0.875`,
   center crop `image_size`, normalise) as a transformers image processor, saved next to every exported model;
 - [`eval_resize_size`]: that resize (256 for 224), also used by the batched, on-device `EvalTransform`;
+- [`dense_image_processor`]: the whole image resized to a square (no crop) and normalised, for per-pixel outputs
+  (frozen-feature segmentation, `dino_hf.evaluation.segmentation`);
 - [`to_pixel_values`] / [`prepare_image`]: whole images (no fixed crop) for attention maps and the retrieval,
   copy-detection and video evaluations;
 - [`processor_normalisation`]: the mean and std a saved model was trained with.
@@ -87,6 +89,25 @@ def dino_image_processor(
     )
 
 
+def dense_image_processor(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> BitImageProcessorPil:
+    """The whole image resized to `image_size x image_size` (bicubic, no crop: every pixel gets a prediction), scaled
+    to [0, 1] and normalised; a transformers image processor, as [`dino_image_processor`]."""
+    return BitImageProcessorPil(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_convert_rgb=True,
+    )
+
+
 def processor_normalisation(model_name_or_path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std saved with a model (its `preprocessor_config.json`), or ImageNet's when it has none.
 
@@ -147,6 +168,7 @@ __all__ = [
     "EVAL_CROP_RATIO",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "dense_image_processor",
     "dino_image_processor",
     "eval_resize_size",
     "prepare_image",

@@ -20,6 +20,7 @@ CONSOLE_SCRIPTS = {
     "dino-hf-extract-features": "dino_hf.cli.extract_features:main",
     "dino-hf-export": "dino_hf.cli.export:main",
     "dino-hf-convert": "dino_hf.cli.convert:main",
+    "dino-hf-semantic-segmentation": "dino_hf.cli.semantic_segmentation:main",
 }
 
 
@@ -35,7 +36,7 @@ def test_console_scripts_are_installed_and_point_at_the_cli_modules():
         assert (Path(sys.executable).parent / name).exists(), name
 
 
-@pytest.mark.parametrize("name", ["pretrain", "knn_eval", "extract_features"])
+@pytest.mark.parametrize("name", ["pretrain", "knn_eval", "extract_features", "semantic_segmentation"])
 def test_examples_are_thin_wrappers_of_the_package_clis(name):
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     example = importlib.util.module_from_spec(spec)

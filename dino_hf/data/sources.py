@@ -214,7 +214,9 @@ def _open(
     return dataset, None
 
 
-def _find_image_column(features: datasets.Features, requested: str | None) -> str:
+def find_image_column(features: datasets.Features, requested: str | None) -> str:
+    """The image column of `features`: `requested` if given (it must exist), else the first `Image` feature named
+    in `IMAGE_COLUMN_NAMES`, any `Image` feature, or a binary column of those names."""
     columns = list(features)
     if requested is not None:
         if requested not in features:
@@ -255,6 +257,21 @@ def _find_label_column(features: datasets.Features, requested: str | None) -> st
         if candidate in features and _is_integer_label(features[candidate]):
             return candidate
     return class_labels[0] if class_labels else None
+
+
+def open_dataset(
+    dataset_name: str,
+    split: str,
+    *,
+    data_files: Any = None,
+    streaming: bool = False,
+    token: str | bool | None = None,
+    embedded_options: dict | None = None,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The `datasets` object of a split, every column kept and decoded as its features say: the sources of
+    [`load_image_dataset`] (the embedded dataset, Hub ids, local folders and shards), for readers of other columns
+    than an image and a label (segmentation masks)."""
+    return _open(dataset_name, split, data_files, None, streaming, None, token, embedded_options)[0]
 
 
 def load_image_dataset(
@@ -301,7 +318,7 @@ def load_image_dataset(
         # Some streamed formats only know their columns after reading a record.
         dataset = dataset._resolve_features()
         features = dataset.features
-    image_column = _find_image_column(features, image_column)
+    image_column = find_image_column(features, image_column)
     label_column = _find_label_column(features, label_column)
     keep = [image_column] + ([label_column] if label_column else [])
     dataset = dataset.select_columns(keep)
@@ -344,6 +361,8 @@ __all__ = [
     "IMAGE_COLUMN_NAMES",
     "LABEL_COLUMN_NAMES",
     "ImageSource",
+    "find_image_column",
     "first_image",
     "load_image_dataset",
+    "open_dataset",
 ]

@@ -9,7 +9,9 @@ randomly initialised ViT separates the classes poorly (k-NN about 34% with ten c
 on two CPU cores improves on it clearly (the README has the measured numbers).
 
 The dataset is written as parquet shards with a `datasets` `Image` column (JPEG bytes) and a `ClassLabel` column,
-and loaded through the same `datasets` parquet path as a Hub dataset.
+and loaded through the same `datasets` parquet path as a Hub dataset. With `with_masks=True` each record also has a
+`mask` column: the image's semantic segmentation as a PNG class map ([`SEGMENTATION_CLASSES`]: 0 the background,
+`1 + label` the pixels of its shapes), the same images as without it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from PIL import Image
 
 EMBEDDED_DATASET_NAME = "embedded"
 SHAPES = ("disk", "square", "triangle", "plus", "ring", "diamond", "frame", "cross", "star", "half_disk")
+# The classes of the `mask` column: the background, then each shape (mask value `1 + label`).
+SEGMENTATION_CLASSES = ("background", *SHAPES)
 
 # Bump when the images change, so stale caches are never reused.
 _GENERATOR_VERSION = 4
@@ -38,6 +42,7 @@ _DEFAULTS = {
     "seed": 0,
     "num_shards": 8,
     "jpeg_quality": 90,
+    "with_masks": False,
 }
 
 
@@ -82,10 +87,24 @@ def render_image(
 
     Radii are fractions of the side; the two grey levels, the positions and the sizes are random.
     """
+    return render_image_and_mask(label, rng, image_size, min_count, max_count, radius_range)[0]
+
+
+def render_image_and_mask(
+    label: int,
+    rng: np.random.Generator,
+    image_size: int = 64,
+    min_count: int = 3,
+    max_count: int = 6,
+    radius_range: tuple[float, float] = (0.09, 0.16),
+) -> tuple[Image.Image, np.ndarray]:
+    """[`render_image`]'s image (the same one for the same `rng` state) and its shapes' mask, `(image_size,
+    image_size)` bool: the pixels at least half covered by a shape (the image's box-filtered edges cut at 50%)."""
     scale = 2  # supersampling for smooth edges
     size = image_size * scale
     light, dark = rng.uniform(170, 255), rng.uniform(0, 90)
     image = np.full((size, size, 3), light, dtype=np.float32)
+    covered = np.zeros((size, size), dtype=bool)
     placed: list[tuple[float, float, float]] = []
     for _ in range(int(rng.integers(min_count, max_count + 1))):
         # A few tries to avoid overlapping an earlier copy; overlap is allowed if they all fail.
@@ -101,15 +120,17 @@ def render_image(
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
         mask = _shape_mask(SHAPES[label], (xs - cx) / radius, (ys - cy) / radius)
         image[y0:y1, x0:x1][mask] = dark
+        covered[y0:y1, x0:x1] |= mask
     small = Image.fromarray(image.astype(np.uint8), mode="RGB")
     small = np.asarray(small.resize((image_size, image_size), Image.Resampling.BOX), dtype=np.float32)
     small += 5.0 * rng.standard_normal(small.shape, dtype=np.float32)  # sensor-like noise at the final resolution
-    return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), mode="RGB")
+    coverage = covered.reshape(image_size, scale, image_size, scale).mean(axis=(1, 3))
+    return Image.fromarray(np.clip(small, 0, 255).astype(np.uint8), mode="RGB"), coverage >= 0.5
 
 
-def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
+def _encode(image: Image.Image, image_format: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
 
 
@@ -122,11 +143,13 @@ def generate_shapes_dataset(
     seed: int = 0,
     num_shards: int = 8,
     jpeg_quality: int = 90,
+    with_masks: bool = False,
 ) -> dict[str, list[str]]:
     """Write the shapes dataset as parquet shards under `output_dir/{train,validation}/` and return the files.
 
     Deterministic: the same arguments give the same bytes. Records are interleaved across classes, so every shard
-    holds every class.
+    holds every class. `with_masks` adds the `mask` column (PNG class maps, [`SEGMENTATION_CLASSES`]); the images
+    are the same.
     """
     import datasets
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
@@ -134,42 +157,46 @@ def generate_shapes_dataset(
     progress_was_enabled = is_progress_bar_enabled()
     disable_progress_bar()
     try:
-        return _write_shards(
-            datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, jpeg_quality
-        )
+        splits = {"train": train_per_class, "validation": validation_per_class}
+        return _write_shards(datasets, output_dir, image_size, splits, seed, num_shards, jpeg_quality, with_masks)
     finally:
         if progress_was_enabled:
             enable_progress_bar()
 
 
-def _write_shards(datasets, output_dir, image_size, train_per_class, validation_per_class, seed, num_shards, quality):
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))})
+def _write_shards(datasets, output_dir, image_size, splits, seed, num_shards, quality, with_masks):
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(SHAPES))}
+    if with_masks:
+        features["mask"] = datasets.Image()
     output_dir = Path(output_dir)
     files: dict[str, list[str]] = {}
-    for split_index, (split, per_class) in enumerate(
-        (("train", train_per_class), ("validation", validation_per_class))
-    ):
+    for split_index, (split, per_class) in enumerate(splits.items()):
         rng = np.random.default_rng([seed, split_index])
         labels = np.tile(np.arange(len(SHAPES)), per_class)
         rng.shuffle(labels)
-        images = [
-            {"bytes": _encode_jpeg(render_image(int(label), rng, image_size), quality), "path": None}
-            for label in labels
-        ]
+        records = [_record(int(label), rng, image_size, quality, with_masks) for label in labels]
         split_dir = output_dir / split
         split_dir.mkdir(parents=True, exist_ok=True)
         shard_count = max(1, min(num_shards, len(labels)))
         split_files = []
         for shard in range(shard_count):
-            rows = range(shard, len(labels), shard_count)
-            table = datasets.Dataset.from_dict(
-                {"image": [images[i] for i in rows], "label": [int(labels[i]) for i in rows]}, features=features
-            )
+            rows = [records[i] for i in range(shard, len(labels), shard_count)]
+            columns = {name: [row[name] for row in rows] for name in features}
+            table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
             path = split_dir / f"{split}-{shard:05d}-of-{shard_count:05d}.parquet"
             table.to_parquet(str(path))
             split_files.append(str(path))
         files[split] = split_files
     return files
+
+
+def _record(label: int, rng: np.random.Generator, image_size: int, quality: int, with_masks: bool) -> dict:
+    image, covered = render_image_and_mask(label, rng, image_size)
+    record = {"image": {"bytes": _encode(image, "JPEG", quality=quality), "path": None}, "label": label}
+    if with_masks:  # PNG: lossless, so the class values stay exact
+        class_map = Image.fromarray((covered * (1 + label)).astype(np.uint8), mode="L")
+        record["mask"] = {"bytes": _encode(class_map, "PNG"), "path": None}
+    return record
 
 
 def _default_cache_dir() -> Path:

@@ -1,7 +1,8 @@
-"""Offline `evaluate` metrics shipped with dino_hf, and top-k accuracy from ranked predictions.
+"""Offline `evaluate` metrics shipped with dino_hf, top-k accuracy from ranked predictions, and segmentation's mean IoU.
 
 `evaluate.load("accuracy")` fetches its script from the Hub; the modules in this folder (`accuracy/accuracy.py`,
 `top_k_accuracy/top_k_accuracy.py`) load from disk with `evaluate.load(<folder>)`, so evaluation runs offline.
+[`confusion_matrix`] and [`mean_iou`] (`iou.py`) score segmentations from counts accumulated batch by batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from .iou import confusion_matrix, mean_iou
 
 
 if TYPE_CHECKING:
@@ -78,4 +81,4 @@ def top_k_accuracies(
     return results
 
 
-__all__ = ["AVAILABLE_METRICS", "METRICS_DIR", "load_metric", "top_k_accuracies"]
+__all__ = ["AVAILABLE_METRICS", "METRICS_DIR", "confusion_matrix", "load_metric", "mean_iou", "top_k_accuracies"]
