@@ -4,7 +4,7 @@ PYTHON ?= python
 # setup.cfg) is kept, because `pip install -e .` only upgrades a torch below that floor.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-dev test quality style demo
+.PHONY: install install-dev test wheel-check quality style demo
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -18,6 +18,10 @@ install-dev:
 # every docstring example of the package (dino_hf/, see conftest.py): pyproject.toml's testpaths.
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 --dist loadfile
+
+# The README's install without a clone: the wheel builds, installs into a fresh environment, and its commands run.
+wheel-check: install-dev
+	PYTHON=$(PYTHON) bash .ci/wheel_check.sh
 
 quality: install-dev
 	$(PYTHON) -m ruff check dino_hf examples tests benchmarks conftest.py

@@ -167,7 +167,7 @@ def _architecture_section(config: DinoConfig, arch: str) -> str:
         return f"""# DINO {arch} (teacher backbone)
 
 A ResNet (transformers' `ResNetModel`) pretrained with DINO (self-distillation with no labels, Caron et al. 2021)
-using [dino_hf](https://github.com/dino-hf/dino_hf). The feature is the globally average-pooled last stage
+using dino_hf. The feature is the globally average-pooled last stage
 (`pooler_output.flatten(1)`, {config.feature_size} channels).
 
 ## Architecture
@@ -180,7 +180,7 @@ using [dino_hf](https://github.com/dino-hf/dino_hf). The feature is the globally
     return f"""# DINO {arch}/{config.patch_size} (teacher backbone)
 
 A Vision Transformer pretrained with DINO (self-distillation with no labels, Caron et al. 2021) using
-[dino_hf](https://github.com/dino-hf/dino_hf). The feature is the final-LayerNorm [CLS] token (`pooler_output`).
+dino_hf. The feature is the final-LayerNorm [CLS] token (`pooler_output`).
 
 ## Architecture
 
@@ -229,7 +229,7 @@ def finetuning_card(
 # DINO ViT fine-tuned on {s["dataset_name"]}
 
 `{s["model_name_or_path"]}` (a DINO backbone, Caron et al. 2021) fine-tuned end to end with
-[dino_hf](https://github.com/dino-hf/dino_hf) to classify {config.num_labels} classes.
+dino_hf to classify {config.num_labels} classes.
 The head is a linear layer on {config.n_last_blocks} block(s) of [CLS] tokens
 {features}({config.linear_feature_dim} features).
 

@@ -9,7 +9,7 @@
   folders, feature files, and the backbone of any saved dino_hf folder.
 - [`dino_image_processor`], [`prepare_image`]: re-exported from `dino_hf.image_processing_dino`, where the
   preprocessing (mean/std, the 256/224 resize) is defined once.
-- [`load_metric`], [`top_k_accuracies`]: offline `evaluate` metrics.
+- [`load_metric`], [`top_k_accuracies`]: offline `evaluate` metrics; [`confusion_matrix`], [`mean_iou`]: segmentation's.
 - [`global_features`], [`evaluate_retrieval`], [`compute_map`]: image retrieval, revisited Oxford/Paris protocol.
 - [`copy_detection_descriptor`], [`gem`], [`PCAWhitening`], [`evaluate_copy_detection`]: copy detection (Copydays).
 - [`propagate_video`], [`segment_davis`], [`region_similarity`], [`boundary_f_measure`]: video object segmentation
@@ -46,7 +46,7 @@ from .linear import (
     train_linear_probe,
     train_linear_probe_on_features,
 )
-from .metrics import load_metric, top_k_accuracies
+from .metrics import confusion_matrix, load_metric, mean_iou, top_k_accuracies
 from .retrieval import (
     REVISITED_DATASETS,
     compute_map,
@@ -54,6 +54,14 @@ from .retrieval import (
     evaluate_retrieval_dataset,
     global_features,
     load_retrieval_dataset,
+)
+from .segmentation import (
+    FrozenFeatureSegmenter,
+    SegmentationHeadConfig,
+    dense_backbone,
+    frozen_feature_segmentation,
+    load_segmentation_split,
+    random_backbone,
 )
 from .synthetic_datasets import generate_copy_detection_demo, generate_retrieval_demo, generate_video_demo
 from .video_segmentation import (
@@ -68,6 +76,7 @@ from .video_segmentation import (
 __all__ = [
     "DEFAULT_BASE_LRS",
     "FinetuneArguments",
+    "FrozenFeatureSegmenter",
     "LinearClassifier",
     "LinearHeads",
     "LinearProbeConfig",
@@ -75,12 +84,15 @@ __all__ = [
     "PCAWhitening",
     "PropagationConfig",
     "REVISITED_DATASETS",
+    "SegmentationHeadConfig",
     "attention_maps",
     "attention_video",
     "boundary_f_measure",
     "classification_crop_config",
     "compute_map",
+    "confusion_matrix",
     "copy_detection_descriptor",
+    "dense_backbone",
     "dino_image_processor",
     "eval_batches",
     "evaluate_copy_detection",
@@ -92,6 +104,7 @@ __all__ = [
     "extract_probe_features",
     "feature_batches",
     "finetune",
+    "frozen_feature_segmentation",
     "gem",
     "generate_copy_detection_demo",
     "generate_retrieval_demo",
@@ -104,10 +117,13 @@ __all__ = [
     "load_features",
     "load_metric",
     "load_retrieval_dataset",
+    "load_segmentation_split",
+    "mean_iou",
     "prepare_image",
     "probe_train_batches",
     "processor_normalisation",
     "propagate_video",
+    "random_backbone",
     "read_frames",
     "region_similarity",
     "save_attention_grid",
