@@ -5,6 +5,7 @@
   [`settings_details`] (every setting of the run, secrets masked) are the sections every card shares.
 - [`pretraining_card`]: a pretrained teacher backbone (`export_pretrained`, `dino-hf-export`).
 - [`finetuning_card`]: a fine-tuned classifier (`dino-hf-finetune`).
+- [`segmentation_card`]: a linear segmentation head on frozen DINO features (`dino-hf-semantic-segmentation`).
 """
 
 from __future__ import annotations
@@ -271,4 +272,92 @@ classify("image.jpg")
     )
 
 
-__all__ = ["finetuning_card", "hub_id", "metrics_table", "model_card", "pretraining_card", "settings_details"]
+def segmentation_card(
+    settings: dict[str, Any],
+    dataset_name: str,
+    pictures: dict[str, str] | None = None,
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """The card of a frozen-feature segmenter: metadata (pipeline tag `image-segmentation`, dataset, base model, a
+    model-index with the validation mIoU), what it is, its figures (and the random network's when measured), the
+    per-class IoU, pictures, usage.
+
+    `settings` is the segmenter's `segmentation_config.json` (`dino_hf.evaluation.segmentation.segmenter_settings`:
+    classes, input size, the backbone it came from, `figures`, optionally `random_init_figures`; no credentials).
+    """
+    repo = repo_id or "path/to/this/folder"
+    figures = settings["figures"]
+    names = list(settings["id2label"].values())
+    rows = [("pretrained backbone", figures)]
+    if settings.get("random_init_figures"):
+        rows.append(("same head, randomly initialised backbone", settings["random_init_figures"]))
+    table = "\n".join(
+        f"| {label} | {100 * f['mean_iou']:.1f} | {100 * f['overall_accuracy']:.1f} |" for label, f in rows
+    )
+    per_class = "\n".join(f"| {name} | {100 * iou:.1f} |" for name, iou in zip(names, figures["per_category_iou"]))
+    images = "\n\n".join(f"{caption}:\n\n![{caption}]({file})" for caption, file in (pictures or {}).items())
+    size = settings["image_size"]
+    body = f"""
+# Linear segmentation head on frozen DINO features
+
+A BatchNorm + 1x1 convolution trained on the frozen patch features of `{settings["backbone"]}` (the maps of
+{", ".join(settings.get("out_features", []))}, final LayerNorm applied), with dino_hf's
+`dino-hf-semantic-segmentation`. Images are resized to {size} x {size}; {len(names)} classes.
+
+## Results on {dataset_name} (validation split, at the input size)
+
+| backbone | mIoU | pixel accuracy |
+|---|---|---|
+{table}
+
+| class | IoU |
+|---|---|
+{per_class}
+
+{images}
+
+## Usage
+
+```python
+from PIL import Image
+from dino_hf.evaluation.segmentation import FrozenFeatureSegmenter
+
+segmenter = FrozenFeatureSegmenter.from_pretrained("{repo}")
+class_map = segmenter.segment([Image.open("image.png")])[0]  # ({size}, {size}) class indices
+```
+
+The folder is also a `DinoBackbone` folder (`AutoBackbone.from_pretrained` after `import dino_hf`).
+"""
+    eval_results = [
+        EvalResult(
+            task_type="image-segmentation",
+            task_name="semantic segmentation (linear head, frozen features)",
+            dataset_type=hub_id(dataset_name) or dataset_name,
+            dataset_name=dataset_name,
+            metric_type="mean_iou",
+            metric_name="mIoU",
+            metric_value=round(100 * float(figures["mean_iou"]), 2),
+        )
+    ]
+    return model_card(
+        body=body,
+        pipeline_tag="image-segmentation",
+        model_name=repo.split("/")[-1] if repo_id else "dino-frozen-feature-segmentation",
+        tags=["dino", "semantic-segmentation", "dino_hf"],
+        dataset=dataset_name,
+        base_model=settings["backbone"],
+        eval_results=eval_results,
+        license=license,
+    )
+
+
+__all__ = [
+    "finetuning_card",
+    "hub_id",
+    "metrics_table",
+    "model_card",
+    "pretraining_card",
+    "segmentation_card",
+    "settings_details",
+]

@@ -4,7 +4,13 @@ Hub repositories, a model-index of what was measured, every setting listed with 
 from huggingface_hub import ModelCard
 
 from dino_hf import DinoConfig
-from dino_hf.model_card import finetuning_card, metrics_table, pretraining_card, settings_details
+from dino_hf.model_card import (
+    finetuning_card,
+    metrics_table,
+    pretraining_card,
+    segmentation_card,
+    settings_details,
+)
 from dino_hf.testing_utils import tiny_config
 
 
@@ -76,3 +82,25 @@ def test_shared_sections():
     assert "| (none) | |" in metrics_table({})
     details = settings_details({"b": 1, "a_token": SECRET})
     assert details.index("| a_token | `<A_TOKEN>` |") < details.index("| b | `1` |") and SECRET not in details
+
+
+def test_segmentation_card_through_the_same_builder():
+    figures = {"mean_iou": 0.301, "overall_accuracy": 0.906, "per_category_iou": [0.958, 0.395]}
+    settings = {
+        "id2label": {"0": "background", "1": "disk"},
+        "image_size": 64,
+        "backbone": "facebook/dino-vits16",
+        "out_features": ["stage11", "stage12"],
+        "figures": figures,
+    }
+    card = segmentation_card(settings, "embedded", {"Predictions": "segmentation_examples.png"}, "alice/seg")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "image-segmentation" and data["base_model"] == "facebook/dino-vits16"
+    assert "datasets" not in data and data["model-index"][0]["name"] == "seg"  # "embedded" is no Hub dataset
+    result = data["model-index"][0]["results"][0]
+    assert result["metrics"][0]["name"] == "mIoU" and result["metrics"][0]["value"] == 30.1
+    assert "| pretrained backbone | 30.1 | 90.6 |" in card.text and "| disk | 39.5 |" in card.text
+    assert "randomly initialised" not in card.text and "![Predictions](segmentation_examples.png)" in card.text
+    assert 'from_pretrained("alice/seg")' in card.text and "stage11, stage12" in card.text
+    baseline = segmentation_card({**settings, "random_init_figures": {**figures, "mean_iou": 0.158}}, "embedded")
+    assert "| same head, randomly initialised backbone | 15.8 | 90.6 |" in baseline.text

@@ -34,10 +34,10 @@ from ..evaluation.segmentation import (
     load_segmentation_split,
     random_backbone,
     save_segmentation_examples,
-    segmenter_card,
     segmenter_settings,
 )
 from ..image_processing_dino import processor_normalisation
+from ..model_card import segmentation_card
 from ..publishing import create_hub_repo, upload_to_hub
 from . import configure_logging
 from ._evaluation import write_figures
@@ -126,7 +126,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {name: result.figures for name, result in results.items()}
     summary.update(num_labels=results["model"].num_labels, class_names=class_names)
     if args.output_dir:
-        _save(args, backbones, results, splits, class_names, mean, std)
+        _save(args, backbones, results, splits, class_names, mean, std, repo_id)
     if repo_id is not None:
         upload_to_hub(
             args.output_dir,
@@ -181,7 +181,7 @@ def _table(results: dict[str, SegmentationResult], class_names: list[str]) -> st
     return "\n".join(rows) + f"\nPer-class IoU (pretrained): {per_class}"
 
 
-def _save(args, backbones, results, splits, class_names, mean, std) -> None:
+def _save(args, backbones, results, splits, class_names, mean, std, repo_id) -> None:
     """The segmenter, its card and a picture of its predictions (and the random network's) on validation images."""
     settings = segmenter_settings(
         results["model"], class_names, mean, std, args.model_name_or_path, backbones["model"].out_features
@@ -194,7 +194,10 @@ def _save(args, backbones, results, splits, class_names, mean, std) -> None:
     }
     folder = segmenters["model"].save_pretrained(args.output_dir)
     save_segmentation_examples(folder / EXAMPLES_FILE, splits[1], segmenters)
-    (folder / "README.md").write_text(segmenter_card(settings, args.dataset_name, examples_file=True))
+    pictures = {
+        "Validation images: image, true mask, prediction (then the random network's, when measured)": EXAMPLES_FILE
+    }
+    segmentation_card(settings, args.dataset_name, pictures, repo_id).save(folder / "README.md")
     print(f"Saved the segmenter (backbone + head) and {EXAMPLES_FILE} to {folder}")
 
 

@@ -65,7 +65,6 @@ MASK_COLUMN_NAMES = ("mask", "annotation", "segmentation", "semantic_segmentatio
 HEAD_FILE = "segmentation_head.safetensors"
 CONFIG_FILE = "segmentation_config.json"
 EXAMPLES_FILE = "segmentation_examples.png"
-EXAMPLES_CAPTION = "Validation images: image, true mask, prediction (then the random network's, when measured)"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -515,57 +514,6 @@ def save_segmentation_examples(
     return picture
 
 
-def segmenter_card(settings: dict[str, Any], dataset_name: str, examples_file: bool = False) -> str:
-    """The README of a saved segmenter: what it is, its figures (and the random network's when measured), usage."""
-    names = list(settings["id2label"].values())
-    rows = [("pretrained backbone", settings["figures"])]
-    if settings.get("random_init_figures"):
-        rows.append(("same head, randomly initialised backbone", settings["random_init_figures"]))
-    table = "\n".join(
-        f"| {label} | {100 * f['mean_iou']:.1f} | {100 * f['overall_accuracy']:.1f} |" for label, f in rows
-    )
-    per_class = "\n".join(
-        f"| {name} | {100 * iou:.1f} |" for name, iou in zip(names, settings["figures"]["per_category_iou"])
-    )
-    examples = f"\n![{EXAMPLES_CAPTION}]({EXAMPLES_FILE})\n" if examples_file else ""
-    return f"""---
-library_name: dino_hf
-pipeline_tag: image-segmentation
-tags:
-- dino
-- semantic-segmentation
----
-# Linear segmentation head on frozen DINO features
-
-A BatchNorm + 1x1 convolution trained on the frozen patch features of `{settings["backbone"]}` (the maps of
-{", ".join(settings.get("out_features", []))}, final LayerNorm applied), with dino_hf's
-`dino-hf-semantic-segmentation`. Images are resized to {settings["image_size"]} x {settings["image_size"]};
-{len(names)} classes.
-{examples}
-## Results on {dataset_name} (validation split, at the input size)
-
-| backbone | mIoU | pixel accuracy |
-|---|---|---|
-{table}
-
-| class | IoU |
-|---|---|
-{per_class}
-
-## Usage
-
-```python
-from PIL import Image
-from dino_hf.evaluation.segmentation import FrozenFeatureSegmenter
-
-segmenter = FrozenFeatureSegmenter.from_pretrained("path/or/repo")
-class_map = segmenter.segment([Image.open("image.png")])[0]  # (S, S) class indices
-```
-
-The folder is also a `DinoBackbone` (`AutoBackbone.from_pretrained` after `import dino_hf`).
-"""
-
-
 __all__ = [
     "CONFIG_FILE",
     "EXAMPLES_FILE",
@@ -581,7 +529,6 @@ __all__ = [
     "dense_backbone",
     "random_backbone",
     "save_segmentation_examples",
-    "segmenter_card",
     "evaluate_segmentation",
     "extract_dense_features",
     "frozen_feature_segmentation",

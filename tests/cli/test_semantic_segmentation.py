@@ -45,6 +45,8 @@ def test_figures_of_the_model_and_of_a_random_network_and_the_saved_segmenter(ti
     assert segmenter.settings["random_init_figures"]["mean_iou"] == figures["random_init"]["mean_iou"]
     card = (out / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and "randomly initialised backbone" in card
+    assert "name: mIoU" in card and f"value: {round(100 * figures['model']['mean_iou'], 2)}" in card  # model-index
+    assert "](segmentation_examples.png)" in card and (out / "segmentation_examples.png").is_file()
 
 
 def test_push_checks_the_login_first_and_writes_the_token_nowhere(tiny_model_folder, tmp_path, monkeypatch, capfd):
@@ -74,7 +76,10 @@ def test_a_refused_login_fails_before_any_work(tiny_model_folder, tmp_path, monk
     hub = FakeHub(monkeypatch, fail="whoami", secret=SECRET)
     monkeypatch.setattr(cli, "frozen_feature_segmentation", lambda *a, **k: hub.record("train"))
     with pytest.raises(HubPublishingError, match="could not check the Hub login") as error:
-        cli.run(arguments(tiny_model_folder, tmp_path, "--output_dir", str(tmp_path / "o"), "--push_to_hub"))
-    assert hub.events == ["whoami"] and SECRET not in str(error.value)
+        cli.run(
+            arguments(tiny_model_folder, tmp_path, "--output_dir", str(tmp_path / "o"), "--push_to_hub",
+                      "--hub_token", SECRET)
+        )  # fmt: skip
+    assert hub.events == ["whoami"] and SECRET not in str(error.value)  # the server's message, scrubbed
     with pytest.raises(SystemExit):
         cli.run(arguments(tiny_model_folder, tmp_path, "--push_to_hub"))  # nothing to upload without --output_dir
