@@ -74,19 +74,8 @@ def dino_image_processor(
     resize_size = eval_resize_size(image_size) if resize_size is None else resize_size
     if resize_size < image_size:
         raise ValueError(f"resize_size ({resize_size}) must be at least image_size ({image_size}).")
-    return BitImageProcessorPil(
-        do_resize=True,
-        size={"shortest_edge": resize_size},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": image_size, "width": image_size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
-        do_convert_rgb=True,
-    )
+    crop = {"height": image_size, "width": image_size}
+    return _bicubic_processor({"shortest_edge": resize_size}, crop, mean, std)
 
 
 def dense_image_processor(
@@ -94,11 +83,20 @@ def dense_image_processor(
 ) -> BitImageProcessorPil:
     """The whole image resized to `image_size x image_size` (bicubic, no crop: every pixel gets a prediction), scaled
     to [0, 1] and normalised; a transformers image processor, as [`dino_image_processor`]."""
+    return _bicubic_processor({"height": image_size, "width": image_size}, None, mean, std)
+
+
+def _bicubic_processor(
+    size: dict[str, int], crop_size: dict[str, int] | None, mean: Sequence[float], std: Sequence[float]
+) -> BitImageProcessorPil:
+    """transformers' PIL `BitImageProcessorPil`: bicubic resize to `size`, center crop `crop_size` (None: none), RGB
+    scaled to [0, 1] and normalised."""
     return BitImageProcessorPil(
         do_resize=True,
-        size={"height": image_size, "width": image_size},
+        size=size,
         resample=PILImageResampling.BICUBIC,
-        do_center_crop=False,
+        do_center_crop=crop_size is not None,
+        **({"crop_size": crop_size} if crop_size is not None else {}),
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,

@@ -503,6 +503,15 @@ class DinoPreTrainedModel(PreTrainedModel):
             init.zeros_(module.center)
 
 
+def _add_vit_modules(model: nn.Module, config: DinoConfig) -> None:
+    """Give `model` the DINO ViT's modules, `embeddings`, `encoder` and the final `layernorm`: [`DinoViTModel`] and
+    [`DinoBackbone`] have these and no other weights, so a folder of either loads into the other with every weight
+    used."""
+    model.embeddings = DinoEmbeddings(config)
+    model.encoder = DinoEncoder(config)
+    model.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
 @dataclass
 class DinoModelOutput(BaseModelOutputWithPooling):
     """
@@ -540,9 +549,7 @@ class DinoViTModel(DinoPreTrainedModel):
 
     def __init__(self, config: DinoConfig) -> None:
         super().__init__(config)
-        self.embeddings = DinoEmbeddings(config)
-        self.encoder = DinoEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        _add_vit_modules(self, config)
         self.post_init()
 
     def get_input_embeddings(self) -> DinoPatchEmbeddings:
@@ -664,9 +671,7 @@ class DinoBackbone(BackboneMixin, DinoPreTrainedModel):
             )
         super().__init__(config)
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
-        self.embeddings = DinoEmbeddings(config)
-        self.encoder = DinoEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        _add_vit_modules(self, config)
         self.post_init()
 
     def get_input_embeddings(self) -> DinoPatchEmbeddings:

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -75,19 +76,10 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unknown shape {name!r}")
 
 
-def render_image(
-    label: int,
-    rng: np.random.Generator,
-    image_size: int = 64,
-    min_count: int = 3,
-    max_count: int = 6,
-    radius_range: tuple[float, float] = (0.09, 0.16),
-) -> Image.Image:
-    """One RGB image with `min_count`..`max_count` dark copies of `SHAPES[label]` on a light background.
-
-    Radii are fractions of the side; the two grey levels, the positions and the sizes are random.
-    """
-    return render_image_and_mask(label, rng, image_size, min_count, max_count, radius_range)[0]
+def render_image(label: int, rng: np.random.Generator, image_size: int = 64, **options: Any) -> Image.Image:
+    """One RGB image with `min_count`..`max_count` dark copies of `SHAPES[label]` on a light background: the image of
+    [`render_image_and_mask`] (`options`: its `min_count`, `max_count`, `radius_range`)."""
+    return render_image_and_mask(label, rng, image_size, **options)[0]
 
 
 def render_image_and_mask(
@@ -98,8 +90,12 @@ def render_image_and_mask(
     max_count: int = 6,
     radius_range: tuple[float, float] = (0.09, 0.16),
 ) -> tuple[Image.Image, np.ndarray]:
-    """[`render_image`]'s image (the same one for the same `rng` state) and its shapes' mask, `(image_size,
-    image_size)` bool: the pixels at least half covered by a shape (the image's box-filtered edges cut at 50%)."""
+    """One RGB image with `min_count`..`max_count` dark copies of `SHAPES[label]` on a light background, and its
+    shapes' mask, `(image_size, image_size)` bool: the pixels at least half covered by a shape (the image's
+    box-filtered edges cut at 50%).
+
+    Radii are fractions of the side; the two grey levels, the positions and the sizes are random.
+    """
     scale = 2  # supersampling for smooth edges
     size = image_size * scale
     light, dark = rng.uniform(170, 255), rng.uniform(0, 90)
