@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import AutoBackbone
 
 from dino_hf import DinoBackbone, DinoViTModel
-from dino_hf.data.synthetic import SEGMENTATION_CLASSES, SHAPES, render_image, render_image_and_mask
+from dino_hf.data.synthetic import SEGMENTATION_CLASSES, SHAPES
 from dino_hf.evaluation.metrics import confusion_matrix, mean_iou
 from dino_hf.evaluation.segmentation import (
     IGNORE_INDEX,
@@ -82,14 +82,6 @@ def test_accumulated_batches_give_the_figures_of_the_whole():
 # ---------------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_the_generator_masks_its_shapes_without_changing_the_images():
-    image, mask = render_image_and_mask(4, np.random.default_rng(7))
-    assert np.array_equal(np.asarray(image), np.asarray(render_image(4, np.random.default_rng(7))))
-    assert mask.shape == (64, 64) and mask.dtype == bool and 0.03 < mask.mean() < 0.5
-    pixels = np.asarray(image, dtype=np.float32).mean(axis=-1)
-    assert pixels[mask].mean() + 60 < pixels[~mask].mean()  # dark shapes on a light background
 
 
 def test_embedded_split_with_masks(tmp_path):
