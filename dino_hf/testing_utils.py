@@ -8,6 +8,8 @@
   [`steps_without_host_sync`]: training steps run inside it.
 - [`relative_difference`]: `||a - b|| / ||b||` over several tensors.
 - [`FakeHub`]: `huggingface_hub.HfApi`'s login, repository and upload calls, recorded instead of sent.
+- [`run_process_tree`], [`start_process_tree`], [`kill_process_tree`]: a command in its own session whose whole
+  process tree is killed on a timeout; the way every test launches a subprocess (CONTRIBUTING.md).
 
 Nothing in the library imports this module; it needs no test framework.
 """
@@ -16,6 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
+import signal
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -259,13 +264,83 @@ class FakeHub:
             raise FakeHubError(f"403 Forbidden: {name} refused for token {self.secret}")
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Subprocesses that cannot outlive their test
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def start_process_tree(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen:
+    """`subprocess.Popen(command)` in a new session: the command and everything it starts (torchrun's workers, their
+    data workers) share one process group that [`kill_process_tree`] ends at once. Output is captured as text unless
+    `stdout`/`stderr` are given."""
+    popen_kwargs.setdefault("stdout", subprocess.PIPE)
+    popen_kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(list(command), start_new_session=True, text=True, **popen_kwargs)
+
+
+def kill_process_tree(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to every process of `process`'s group (started by [`start_process_tree`]); none left is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def process_tree_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of `process`'s group is still running (after the command itself exited: orphans)."""
+    try:
+        os.killpg(process.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def run_process_tree(
+    command: Sequence[str], timeout: float, tail: int = 6000, **popen_kwargs: Any
+) -> subprocess.CompletedProcess:
+    """Run `command` in its own session and return its `CompletedProcess` (text output). Raises `AssertionError`
+    with the output's tail when it runs past `timeout` seconds or leaves processes behind; in both cases, and when the
+    caller is interrupted, the whole process group is killed first, so no worker outlives the test.
+
+    Size `timeout` to the work (a tiny two-process run: about 2 minutes), never to "long enough for anything".
+    """
+    process = start_process_tree(command, **popen_kwargs)
+    try:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_process_tree(process)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"{' '.join(map(str, command))[:300]} ran past {timeout:.0f} s and was killed with its process "
+                f"group. Output's tail:\n{_tail(stdout, stderr, tail)}"
+            ) from None
+        if process_tree_alive(process):
+            kill_process_tree(process)
+            raise AssertionError(
+                f"{' '.join(map(str, command))[:300]} exited with {process.returncode} but left processes running "
+                f"(killed). Output's tail:\n{_tail(stdout, stderr, tail)}"
+            )
+    finally:
+        if process.returncode is None:  # interrupted while waiting: the command and its tree are still running
+            kill_process_tree(process)
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _tail(stdout: str | None, stderr: str | None, size: int) -> str:
+    return f"--- stdout ---\n{(stdout or '')[-size // 3 :]}\n--- stderr ---\n{(stderr or '')[-size:]}"
+
+
 __all__ = [
     "FakeHub",
     "FakeHubError",
     "HostSyncError",
     "forbid_host_sync",
     "fresh_accelerator",
+    "kill_process_tree",
+    "process_tree_alive",
     "relative_difference",
+    "run_process_tree",
+    "start_process_tree",
     "steps_without_host_sync",
     "synthetic_crops",
     "tiny_config",

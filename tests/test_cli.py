@@ -6,11 +6,12 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from dino_hf.testing_utils import run_process_tree
 
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -47,11 +48,9 @@ def test_examples_are_thin_wrappers_of_the_package_clis(name):
 def test_python_dash_m_runs_the_pretraining_module():
     """What `accelerate launch -m dino_hf.cli.pretrain ...` runs: the module as __main__."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
+    result = run_process_tree(
         [sys.executable, "-m", "dino_hf.cli.pretrain", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        timeout=120,
         cwd=Path(__file__).parent,  # the installed package, not a checkout on the path
         env=env,
     )

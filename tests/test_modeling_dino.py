@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -24,6 +23,7 @@ from dino_hf import (
     DinoViTModel,
 )
 from dino_hf.conversion import convert_reference_backbone_state_dict, convert_reference_network_state_dict
+from dino_hf.testing_utils import run_process_tree
 
 
 def reference_backbone(reference, **config_overrides) -> DinoViTModel:
@@ -234,9 +234,7 @@ def test_trust_remote_code_loading_without_dino_hf(tmp_path):
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     # Run from an empty directory so the repository's dino_hf is not importable.
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_process_tree([sys.executable, "-c", script], timeout=120, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
 

@@ -2,9 +2,10 @@
 model with `aot_eager` and the script ends with its table, so the checks are ready the day a GPU is lent."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from dino_hf.testing_utils import run_process_tree
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "run_gpu_checks.sh"
@@ -13,7 +14,7 @@ BENCHMARKS = ("vits16-b128-compile-blocks", "vitb16-b64-compile-blocks", "vits16
 
 def test_cpu_dry_run_runs_every_part_and_ends_with_its_table(tmp_path):
     env = {**os.environ, "DINO_GPU_CHECKS_CPU": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=570)
+    done = run_process_tree(["bash", str(SCRIPT)], timeout=570, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
     assert "TIMEOUT" not in summary and "SKIPPED" not in summary and "FAILED" not in summary

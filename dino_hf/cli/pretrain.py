@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import HfArgumentParser
 
 from ..training import (
@@ -74,6 +75,7 @@ def load_config_file(path: str) -> dict:
     return json.loads(text)
 
 
+@record  # under torchrun: the error and traceback of a failing process go into the launcher's failure report
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args, demo = parse_arguments(sys.argv[1:] if argv is None else argv)
     configure_logging()  # the program, not the library, configures logging
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         print("No arguments: running the offline demo recipe (see docs/training.md). Use --help for all flags.")
     start = time.perf_counter()
     result = pretrain(model_args, data_args, training_args)
+    if result.export_dir is None:
+        return  # not the main process of a run of many: it exported nothing and has nothing to add
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)
     print(f"Finished {result.global_step} steps in {minutes}m{seconds:02d}s; exported model: {result.export_dir}")
     knn = [r for r in result.history if "knn_top1" in r]

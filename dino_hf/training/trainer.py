@@ -8,9 +8,11 @@
 2. `resume()`: continue from `--resume_from_checkpoint` (checkpointing.py: model, optimizer, random state, position).
 3. `train()`: the loader and the monitors, then `train_step_and_log(batch)` per micro-batch: augment on the device ->
    teacher and student -> loss -> backward -> clip -> optimizer -> EMA, then logging, k-NN and checkpoints.
-4. `finish()`: the last checkpoint, the last k-NN evaluation, export (and upload to the Hub).
+4. `finish()`: the last checkpoint, the last k-NN evaluation, export (and upload to the Hub), then the ordered end
+   of the run on every process (`distributed.finish_run`).
 
-`pretrain(model_args, data_args, training_args)` runs the four phases.
+`pretrain(model_args, data_args, training_args)` runs the four phases; an exception on one process of many names that
+process and ends it in bounded time (`distributed.report_failure`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ..data import (
     load_image_dataset,
 )
 from ..data.sources import first_image
-from ..distributed import run_on_main_process
+from ..distributed import finish_run, report_failure, run_on_main_process
 from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from ..publishing import create_hub_repo, masked_arguments, upload_to_hub
 from . import checkpointing as ckpt
@@ -542,8 +544,13 @@ class DinoPretrainer:
         result.export_dir = run_on_main_process(
             self.accelerator, lambda: self.export_and_upload(summary), "Exporting (and uploading) the model"
         )
-        self.accelerator.end_training()
+        # Every process: final barrier, trackers, the DDP-wrapped model released, process group destroyed.
+        finish_run(self.accelerator, release=self.release_wrapped_model)
         return result
+
+    def release_wrapped_model(self) -> None:
+        """Drop the references to the DDP-wrapped model (`self.dino`, the unwrapped one, stays for the result)."""
+        self.model = self.train_step = self.optimizer = None
 
     def export_and_upload(self, summary: dict[str, Any]) -> Path:
         """Training curves and the exported teacher (card with pictures), uploaded with `--push_to_hub`."""
@@ -572,10 +579,14 @@ def pretrain(
     `step_callback`: see `DinoPretrainer`.
     """
     trainer = DinoPretrainer(model_args, data_args, training_args, step_callback)
-    trainer.setup()
-    trainer.resume()
-    trainer.train()
-    return trainer.finish()
+    try:
+        trainer.setup()
+        trainer.resume()
+        trainer.train()
+        return trainer.finish()
+    except BaseException as error:  # with many processes: name the failing process, bound this one's exit
+        report_failure(getattr(trainer, "accelerator", None), error)
+        raise
 
 
 def _format_record(record: dict) -> str:

@@ -1,10 +1,14 @@
-"""Launching a test script in two CPU processes (gloo) with torchrun."""
+"""Launching a test script in two CPU processes (gloo) with torchrun, in its own session: on a timeout the launcher and
+both workers are killed together and the test fails with the output's tail (`dino_hf.testing_utils.run_process_tree`).
+"""
 
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from dino_hf.testing_utils import run_process_tree
 
 
 def _free_port() -> int:
@@ -13,9 +17,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_two_processes(script: Path, *args: str) -> None:
-    """`torchrun --nproc_per_node 2 script *args` on the CPU; fails the test with the output's tail on an error."""
-    env = {
+def two_process_environment() -> dict[str, str]:
+    return {
         **os.environ,
         # `accelerate launch --cpu --num_processes 2` would start one process; torchrun starts two.
         "ACCELERATE_USE_CPU": "true",
@@ -23,7 +26,11 @@ def run_two_processes(script: Path, *args: str) -> None:
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [
+
+
+def torchrun_command(*script_and_args: str) -> list[str]:
+    """`torchrun --nproc_per_node 2 ...` on a free local port; `-m module` or a script path, then its arguments."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -33,8 +40,16 @@ def run_two_processes(script: Path, *args: str) -> None:
         "127.0.0.1",
         "--master_port",
         str(_free_port()),
-        str(script),
-        *args,
+        *script_and_args,
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def launch_two_processes(*script_and_args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ...` on the CPU, whatever its exit status; `timeout`: see `run_process_tree`."""
+    return run_process_tree(torchrun_command(*script_and_args), timeout=timeout, env=two_process_environment())
+
+
+def run_two_processes(script: Path, *args: str, timeout: float = 120) -> None:
+    """`torchrun --nproc_per_node 2 script *args` on the CPU; fails the test with the output's tail on an error."""
+    result = launch_two_processes(str(script), *args, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
