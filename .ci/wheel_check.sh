@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's install without a clone, checked: build the wheel, install it into a fresh virtual environment, run a
-# console script from outside the checkout and check that the installed wheel is what runs.
+# console script from outside the checkout and check that the installed wheel is what runs. Everything it writes is in
+# one `mktemp -d` folder, removed on exit.
 #
 # The fresh environment reuses the dependencies already installed in the calling environment (torch, transformers,
 # datasets, ... of `make test`) through a .pth path entry instead of downloading them again; `venv
@@ -13,7 +14,11 @@ PYTHON=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 start=$SECONDS
-"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" .
+# Built from a copy of the checkout: setuptools builds in the source tree (build/, *.egg-info/), where two builds at
+# once would collide and a file deleted since the last build would still ship from build/lib.
+mkdir "$work/src"
+bash .ci/copy_checkout.sh . "$work/src"
+"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$work/src"
 "$PYTHON" -m venv --without-pip "$work/venv"
 fresh="$work/venv/bin/python"
 "$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"]); print(sysconfig.get_paths()["platlib"])' \

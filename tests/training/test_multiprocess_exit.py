@@ -65,7 +65,7 @@ def cpu_burner():
         burner.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.under_load
 def test_five_two_process_cli_runs_under_cpu_load_all_exit(tmp_path, cpu_burner):
     """The issue's reproduction: before `finish_run`, one run in five never exited (a rank waiting in the gloo process
     group's destructor). Each run must end, with status 0, its export written."""
