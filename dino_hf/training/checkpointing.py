@@ -11,7 +11,8 @@ A checkpoint is a folder `checkpoint-<step>/`:
 
 It resumes on any number of processes and data workers (see [`resume_position`], [`restore_rng`] and the data
 loader's elastic resume); with the same ones, bit for bit. It is written into a hidden temporary folder and renamed into place only when complete, so a run killed while
-saving leaves the previous checkpoint as the latest loadable one. Only the last `save_total_limit` are kept.
+saving leaves the previous checkpoint as the latest loadable one (and one killed while deleting an old checkpoint
+leaves no half-deleted `checkpoint-N`). Only the last `save_total_limit` are kept.
 """
 
 from __future__ import annotations
@@ -204,12 +205,24 @@ def finish_checkpoint(
             os.fsync(handle.fileno())
     target = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     if target.exists():
-        shutil.rmtree(target)
+        _remove_checkpoint(target)
     os.replace(staging, target)
     if save_total_limit is not None and save_total_limit > 0:
         for old in list_checkpoints(output_dir)[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_checkpoint(old)
+    for leftover in Path(output_dir).glob(f".{CHECKPOINT_PREFIX}*.deleting"):  # of a run killed while deleting
+        shutil.rmtree(leftover, ignore_errors=True)
     return target
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Rename the folder out of the checkpoints' names first, then delete it: a run killed while deleting leaves a
+    hidden `.checkpoint-N.deleting` folder, never a `checkpoint-N` that looks complete but lacks files."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    if doomed.exists():
+        shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:

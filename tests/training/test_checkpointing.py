@@ -1,6 +1,7 @@
 """Checkpoint files: pickle-free round trips, atomic writes, rotation."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,27 @@ def test_interrupted_write_leaves_the_previous_checkpoint_loadable(tmp_path, mon
         assert torch.equal(state[key], value), key
     with pytest.raises(FileNotFoundError):
         ckpt.resolve_checkpoint(tmp_path / ".checkpoint-20.tmp", tmp_path)
+
+
+def test_a_checkpoint_half_deleted_by_a_killed_run_is_never_listed(tmp_path, monkeypatch):
+    """Rotation renames an old checkpoint out of the checkpoints' names before deleting it: a run killed mid-delete
+    leaves no `checkpoint-N` missing files, and the next save removes the leftover."""
+    model, optimizer = _trained_optimizer()
+    for step in (10, 20):
+        _write_checkpoint(tmp_path, step, model, optimizer, limit=2)
+    real_rmtree = ckpt.shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        (Path(path) / "model.safetensors").unlink()  # part of the folder is gone when the run is killed
+        raise KeyboardInterrupt("killed while deleting")
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        _write_checkpoint(tmp_path, 30, model, optimizer, limit=2)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", real_rmtree)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]
+    assert (tmp_path / ".checkpoint-10.deleting").is_dir()
+    for checkpoint in ckpt.list_checkpoints(tmp_path):
+        ckpt.load_model_state(checkpoint)
+    _write_checkpoint(tmp_path, 40, model, optimizer, limit=2)
+    assert not list(tmp_path.glob(".*.deleting"))
