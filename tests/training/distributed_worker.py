@@ -1,11 +1,14 @@
 """Run by `torchrun --nproc_per_node 2` from test_distributed.py: a few pretraining steps on the CPU (gloo), then each
-process writes its teacher, center and the record ids it trained on, so the test can compare the processes."""
+process writes its teacher, center and the record ids it trained on, so the test can compare the processes, and
+whether the run's end left a DDP-wrapped model or the process group behind."""
 
+import gc
 import json
 import os
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 
@@ -29,7 +32,10 @@ def main(output_dir: str, cache_dir: str) -> None:
     state = {f"teacher.{k}": v.contiguous() for k, v in result.model.teacher.state_dict().items()}
     state["center"] = result.model.center.center.contiguous()
     save_file(state, str(Path(output_dir) / f"rank{rank}.safetensors"))
-    (Path(output_dir) / f"rank{rank}.json").write_text(json.dumps({"ids": seen, "steps": result.global_step}))
+    # The run's end (`finish_run`) released the DDP-wrapped model and destroyed the process group before returning.
+    ddp_alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    ended = {"ddp_alive": ddp_alive, "process_group": torch.distributed.is_initialized()}
+    (Path(output_dir) / f"rank{rank}.json").write_text(json.dumps({"ids": seen, "steps": result.global_step, **ended}))
 
 
 if __name__ == "__main__":

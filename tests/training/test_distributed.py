@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo): the teacher and the center stay identical on both, and each reads disjoint data."""
+"""Two CPU processes (gloo): the teacher and the center stay identical on both, each reads disjoint data, and the run
+ends with no DDP-wrapped model and no process group left."""
 
 import json
 from pathlib import Path
@@ -19,6 +20,8 @@ def test_two_processes_keep_teacher_and_center_in_sync(tmp_path):
 
     seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert seen[0]["steps"] == seen[1]["steps"] == 4
+    for rank in (0, 1):  # `finish_run`: the DDP reducer is gone and the process group destroyed when pretrain returns
+        assert seen[rank]["ddp_alive"] == 0 and seen[rank]["process_group"] is False, seen[rank]
     ids = [set(s["ids"]) for s in seen]
     assert len(seen[0]["ids"]) == len(seen[1]["ids"]) == 4 * 4
     assert ids[0].isdisjoint(ids[1])

@@ -7,6 +7,7 @@ hang fails the test in minutes with the output's tail instead of holding the sui
 import json
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from test_pretrain import tiny_run
 from torchrun_helpers import launch_two_processes, torchrun_command, two_process_environment
 
-from dino_hf.testing_utils import kill_process_tree, process_tree_alive, start_process_tree
+from dino_hf.testing_utils import kill_process_tree, process_tree_alive, run_process_tree, start_process_tree
 from dino_hf.training import checkpointing as ckpt
 from dino_hf.training import pretrain
 
@@ -142,3 +143,35 @@ def test_sigterm_to_the_launcher_ends_every_process_and_the_newest_checkpoint_re
         },
     )
     assert pretrain(model_args, data_args, training_args).global_step == step + 1
+
+
+@pytest.mark.parametrize("hang", ["atexit", "teardown"])
+def test_a_failed_process_that_hangs_while_exiting_is_ended(hang):
+    """`report_failure`'s bound on the exit, where the original hang was: in interpreter shutdown (an exit handler, or
+    an object's destructor during module teardown, as a process group's). The process prints its threads' stacks and
+    exits with status 1 within the bound instead of waiting forever."""
+    script = textwrap.dedent(
+        f"""
+        import atexit, time, types
+        from dino_hf.distributed import report_failure
+
+        class Stuck:
+            def __del__(self, sleep=time.sleep):  # the module's globals may be gone by then
+                sleep(60)
+
+        if {hang!r} == "atexit":
+            atexit.register(time.sleep, 60)  # registered first: runs after report_failure's watchdog is armed
+        else:
+            stuck = Stuck()  # a module global: destroyed during the interpreter's teardown
+        error = RuntimeError("broken")
+        report_failure(types.SimpleNamespace(num_processes=2, process_index=1), error, exit_timeout_s=2)
+        print(error.__notes__)
+        raise error
+        """
+    )
+    start = time.perf_counter()
+    result = run_process_tree([sys.executable, "-c", script], timeout=60)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert time.perf_counter() - start < 30
+    assert "['Raised on process 1 of 2.']" in result.stdout
+    assert "RuntimeError: broken" in result.stderr and "Timeout (0:00:02)!" in result.stderr, result.stderr[-3000:]
