@@ -15,9 +15,10 @@ install-dev:
 	$(PYTHON) -m pip install -e ".[dev]"
 
 # The unit tests (tests/), the measurement harness's tests with the GPU checks' CPU dry run (benchmarks/tests/) and
-# every docstring example of the package (dino_hf/, see conftest.py): pyproject.toml's testpaths.
+# every docstring example of the package (dino_hf/, see conftest.py): pyproject.toml's testpaths. PYTEST_ARGS narrows
+# it, e.g. `make test PYTEST_ARGS='-m "not under_load"'` or `PYTEST_ARGS=tests/training bash .ci/run`.
 test: install-dev
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 --dist loadfile
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The README's install without a clone: the wheel builds, installs into a fresh environment, and its commands run.
 wheel-check: install-dev
