@@ -126,16 +126,18 @@ def finish_run(
     if many:
         _final_barrier(dist, barrier_timeout_s)
         _arm_exit_watchdog(exit_timeout_s)
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    accelerator.trackers = []
-    if release is not None:
-        release()
-    accelerator.free_memory()  # accelerate's references to the prepared model and optimizer; collects garbage
-    gc.collect()
-    accelerator.state.destroy_process_group()
-    if many:
-        faulthandler.cancel_dump_traceback_later()
+    try:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        accelerator.trackers = []
+        if release is not None:
+            release()
+        accelerator.free_memory()  # accelerate's references to the prepared model and optimizer; collects garbage
+        gc.collect()
+        accelerator.state.destroy_process_group()
+    finally:
+        if many:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def _final_barrier(dist: Any, timeout_s: float) -> None:

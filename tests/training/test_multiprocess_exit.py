@@ -103,6 +103,17 @@ def test_a_process_raising_mid_run_ends_both_and_is_named(tmp_path):
     assert elapsed < 90, elapsed
 
 
+def test_the_final_barrier_names_a_process_that_never_arrives(tmp_path):
+    """`finish_run`'s final barrier is bounded (gloo: `monitored_barrier`): process 0 fails after 3 s naming process
+    1, which never reached the end, and torchrun then stops process 1."""
+    start = time.perf_counter()
+    result = launch_two_processes(str(HERE / "barrier_worker.py"), timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Rank 1 failed to pass monitoredBarrier in 3000 ms" in output, output[-4000:]
+    assert time.perf_counter() - start < 50  # not the 60 s process 1 sleeps
+
+
 def test_sigterm_to_the_launcher_ends_every_process_and_the_newest_checkpoint_resumes(tmp_path):
     """Preemption: SIGTERM to torchrun while both processes train and checkpoint every step. Every process exits,
     the newest complete checkpoint loads and a one-process run resumes from it (elastic resume)."""
