@@ -18,6 +18,10 @@ CROPS = (2, 32, 2, 16)  # 2 global crops at the tiny config's 32 px, 2 local cro
 
 
 def test_compiled_blocks_share_one_graph_per_resolution_with_drop_path_and_checkpointing():
+    # Dynamo's caches outlive a test: blocks compiled earlier in this process (e.g. by
+    # benchmarks/tests/test_check_train_step.py on the same pytest-xdist worker) would be reused, never reaching the
+    # counting backend.
+    torch._dynamo.reset()
     graphs = []
     eager_backend = torch._dynamo.lookup_backend("aot_eager")
 
