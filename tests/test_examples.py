@@ -68,6 +68,43 @@ def test_knn_eval(dataset_folder, model_folder, tmp_path):
     assert set(saved) == {"5", "10"} and all(0.0 <= v["top1"] <= 100.0 for v in saved.values())
 
 
+def test_knn_eval_pixel_baseline(tmp_path, capsys):
+    """On a folder where the class is the brightness of the left half, the raw pixels are a perfect k-NN feature: the
+    baseline must say so, on the same images and protocol as the model's figures."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 12), ("validation", 6)):
+        for label in ("dark_left", "dark_right"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = 0.6 + 0.4 * torch.rand(32, 32, 3, generator=generator)
+                image[:, :16] *= 0.2 if label == "dark_left" else 1.0
+                image[:, 16:] *= 0.2 if label == "dark_right" else 1.0
+                Image.fromarray((255 * image).byte().numpy()).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    model = DinoViTModel(tiny_config())
+    save_model_with_processor(model, tmp_path / "model", dino_image_processor(image_size=32))
+    results = knn_eval.run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--ks",
+            "5",
+            "--num_workers",
+            "0",
+            "--pixel_baseline",
+        ]
+    )
+    assert results["pixel_baseline"][5]["top1"] == 100.0
+    printed = capsys.readouterr().out
+    assert "k-NN on the raw pixels of the same crops (16 x 16, centred) (24 train, 12 validation):" in printed
+    assert printed.count("k=5    top-1") == 2
+
+
 def test_extract_features_parquet_and_safetensors(dataset_folder, model_folder, tmp_path):
     example = extract_features
     for name in ("features.parquet", "features.safetensors"):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..evaluation.knn import PIXEL_BASELINE_SIZE
 from ..training import (
     DEMO_RECIPE,
     DinoDataArguments,
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"k-NN top-1 on {data_args.knn_eval_split}: random init (step {start['step']}) "
             f"{100 * start['knn_top1']:.1f}%  ->  trained (step {end['step']}) {100 * end['knn_top1']:.1f}%"
+        )
+    pixels = result.final_metrics.get("pixel_knn_top1")
+    if pixels is not None:
+        print(
+            f"k-NN top-1 of the raw pixels of the same images ({PIXEL_BASELINE_SIZE} x {PIXEL_BASELINE_SIZE}, "
+            f"centred): {100 * pixels:.1f}%"
         )
 
 

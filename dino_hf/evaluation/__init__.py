@@ -1,6 +1,7 @@
 """Downstream use of DINO features: k-NN and linear evaluation, attention maps, feature extraction.
 
-- [`knn_classify`], [`knn_evaluate`]: the paper's weighted k-NN classifier, chunked for large training sets.
+- [`knn_classify`], [`knn_evaluate`]: the paper's weighted k-NN classifier, chunked for large training sets;
+  [`pixel_features`]: the raw-pixel baseline's features, the floor a learned feature should clear.
 - [`LinearClassifier`], [`LinearProbeConfig`], [`extract_linear_features`], [`train_linear_probe`],
   [`evaluate_linear_probe`]: linear evaluation on frozen features, on accelerate, a grid of learning rates at once;
   [`extract_probe_features`], [`train_linear_probe_on_features`]: the same heads on stored features.
@@ -33,7 +34,7 @@ from .features import (
     unpack_batch,
 )
 from .finetuning import FinetuneArguments, finetune
-from .knn import knn_classify, knn_evaluate
+from .knn import PIXEL_BASELINE_SIZE, knn_classify, knn_evaluate, pixel_features
 from .linear import (
     DEFAULT_BASE_LRS,
     LinearClassifier,
@@ -82,6 +83,7 @@ __all__ = [
     "LinearProbeConfig",
     "LinearProbeResult",
     "PCAWhitening",
+    "PIXEL_BASELINE_SIZE",
     "PropagationConfig",
     "REVISITED_DATASETS",
     "SegmentationHeadConfig",
@@ -119,6 +121,7 @@ __all__ = [
     "load_retrieval_dataset",
     "load_segmentation_split",
     "mean_iou",
+    "pixel_features",
     "prepare_image",
     "probe_train_batches",
     "processor_normalisation",

@@ -482,7 +482,10 @@ class DinoPretrainer:
         """k-NN top-1 of the teacher on the main process; the others wait at the barrier."""
         if self.knn_monitor is not None:
             accuracy = self.knn_monitor(self.dino.teacher.backbone)
-            self.history.append({"step": self.global_step, "knn_top1": accuracy})
+            record = {"step": self.global_step, "knn_top1": accuracy}
+            if self.global_step == 0:  # the floor the learned features should clear, next to the random network's
+                record["pixel_knn_top1"] = self.knn_monitor.pixel_baseline()
+            self.history.append(record)
             self.accelerator.log({"eval/knn_top1": accuracy}, step=self.global_step)
             logger.info("step %d: k-NN top-1 of the teacher %.2f%%", self.global_step, 100 * accuracy)
         self.accelerator.wait_for_everyone()
