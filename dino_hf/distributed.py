@@ -69,4 +69,12 @@ def _broadcast_message(accelerator: Any, message: str | None, size: int = 4096) 
     return bytes(data[1:].tolist()).rstrip(b"\0").decode(errors="replace")
 
 
-__all__ = ["MainProcessError", "run_on_main_process"]
+def broadcast_count(accelerator: Any, value: int) -> int:
+    """The main process's integer `value` on every process (a collective: every process must call it)."""
+    import torch
+    from accelerate.utils import broadcast
+
+    return int(broadcast(torch.tensor([value], dtype=torch.long, device=accelerator.device), from_process=0).item())
+
+
+__all__ = ["MainProcessError", "broadcast_count", "run_on_main_process"]

@@ -303,13 +303,15 @@ def restore_rng(
 
 @dataclass
 class ResumePoint:
-    """Where a resumed run continues: its checkpoint, step, images seen, metric history and data-stream states."""
+    """Where a resumed run continues: its checkpoint, step, images seen, metric history, data-stream states and, for a
+    run with a time budget, its plan (`BudgetPlan.to_dict()`)."""
 
     checkpoint: Path
     global_step: int
     images_seen: int
     history: list[dict[str, Any]]
     stream_states: list[dict[str, Any] | None] | None
+    time_budget: dict[str, Any] | None = None
 
 
 def resume_training(
@@ -334,7 +336,9 @@ def resume_training(
         accelerator.scaler.load_state_dict(state["scaler"])
     restore_rng(checkpoint, state, accelerator.process_index, accelerator.num_processes, seed, generators)
     global_step, images_seen = resume_position(state, total_batch)
-    return ResumePoint(checkpoint, global_step, images_seen, state["history"], state["stream_states"])
+    return ResumePoint(
+        checkpoint, global_step, images_seen, state["history"], state["stream_states"], state.get("time_budget")
+    )
 
 
 def save_training_checkpoint(
