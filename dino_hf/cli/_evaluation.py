@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dino_hf.evaluation import load_backbone, processor_normalisation
+from dino_hf.evaluation import default_image_size, load_backbone, processor_normalisation
 
 
 def add_eval_data_arguments(parser: argparse.ArgumentParser, splits: dict[str, tuple[str, str | None]]) -> None:
@@ -47,7 +47,7 @@ def eval_batch_options(args: argparse.Namespace, model, device) -> dict:
     normalisation the model was saved with, batch size, workers and device."""
     mean, std = processor_normalisation(args.model_name_or_path)
     return {
-        "image_size": args.image_size or model.config.image_size,
+        "image_size": args.image_size or default_image_size(model, args.model_name_or_path),
         "mean": mean,
         "std": std,
         "batch_size": args.batch_size,

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import ResNetModel
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
 from ..hub import load_backbone  # the evaluations read any DINO backbone, ViT or ResNet
 from ..image_processing_dino import dino_image_processor
-from ..modeling_dino import DinoViTModel, backbone_features
+from ..modeling_dino import DinoViTModel
+from .backbones import default_image_size, dino_feature, is_resnet
 
 
 def save_model_with_processor(
@@ -44,7 +44,7 @@ def save_model_with_processor(
     """
     path = Path(path)
     model.save_pretrained(path)
-    (processor or dino_image_processor(image_size=model.config.image_size)).save_pretrained(path)
+    (processor or dino_image_processor(image_size=default_image_size(model))).save_pretrained(path)
     return path
 
 
@@ -62,12 +62,12 @@ def extract_linear_features(
     A ResNet backbone (transformers' `ResNetModel`) has one linear-evaluation feature, as in the reference: its pooled
     last stage (`n_last_blocks=1`, no `avgpool_patchtokens`).
     """
-    if isinstance(model, ResNetModel):
+    if is_resnet(model):
         if n_last_blocks != 1 or avgpool_patchtokens:
             raise ValueError(
                 "A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False."
             )
-        return backbone_features(model, pixel_values)
+        return dino_feature(model, pixel_values)
     return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSource, load_image_dataset
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import dino_feature
 from .batches import eval_batches
 from .knn import knn_classify
 
@@ -127,11 +128,12 @@ class KnnMonitor:
 
     @torch.no_grad()
     def features(self, backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised [CLS] features `(N, D)` and labels `(N,)` of one split."""
+        """L2-normalised DINO features `(N, D)` ([`dino_feature`]: a ViT's [CLS], a ResNet's pooled last stage) and
+        labels `(N,)` of one split."""
         features, labels = [], []
         for pixels, batch_labels in self._batches(split):
-            output = backbone(pixels.to(self.device, torch.float32))  # cached batches are float16 on the CPU
-            features.append(F.normalize(output.pooler_output.float(), dim=-1))
+            output = dino_feature(backbone, pixels.to(self.device, torch.float32))  # cached: float16 on the CPU
+            features.append(F.normalize(output.float(), dim=-1))
             labels.append(batch_labels.to(self.device))
         return torch.cat(features), torch.cat(labels)
 
