@@ -19,7 +19,7 @@ import json
 import torch
 
 from ..evaluation import eval_batches, extract_features, knn_evaluate, labelled_source, load_backbone
-from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
+from ._evaluation import add_eval_data_arguments, add_sample_limit_arguments, dataset_options, eval_batch_options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,8 +33,7 @@ def run(argv: list[str] | None = None) -> dict:
     add_eval_data_arguments(parser, {"train_split": ("train", None), "eval_split": ("validation", None)})
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100, 200], help="Numbers of neighbours.")
     parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--max_eval_samples", type=int, default=None)
+    add_sample_limit_arguments(parser, "max_train_samples", "max_eval_samples")
     parser.add_argument("--output_file", default=None, help="Write the accuracies as JSON here.")
     args = parser.parse_args(argv)
 

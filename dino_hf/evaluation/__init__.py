@@ -34,6 +34,7 @@ from .backbones import (
 from .batches import classification_crop_config, eval_batches, labelled_source, probe_train_batches
 from .copy_detection import PCAWhitening, copy_detection_descriptor, evaluate_copy_detection, gem
 from .features import (
+    DinoFeatureExtractionPipeline,
     extract_features,
     extract_linear_features,
     load_backbone,
@@ -84,6 +85,7 @@ from .video_segmentation import (
 
 
 __all__ = [
+    "DinoFeatureExtractionPipeline",
     "default_image_size",
     "dino_feature",
     "feature_stride",

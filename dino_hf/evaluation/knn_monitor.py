@@ -29,7 +29,8 @@ class KnnMonitor:
     Args:
         train_source, eval_source: labelled sources from `load_image_dataset` (memory bank and queries).
         image_size: side of the evaluation crops (the model's resolution).
-        train_samples, eval_samples: how many images of each split to use (the first ones, in storage order).
+        train_samples, eval_samples: how many images of each split to use (a fixed subset spread evenly over
+            the split; a stream's first ones).
         k: neighbours.
         batch_size, num_workers: feature extraction batches and decoding workers.
         mean, std: normalisation (the training one).
