@@ -26,6 +26,7 @@ from .attention import attention_maps, attention_video, read_frames, save_attent
 from .backbones import (
     default_image_size,
     dino_feature,
+    feature_size,
     feature_stride,
     global_and_local_features,
     is_resnet,
@@ -88,6 +89,7 @@ __all__ = [
     "DinoFeatureExtractionPipeline",
     "default_image_size",
     "dino_feature",
+    "feature_size",
     "feature_stride",
     "global_and_local_features",
     "is_resnet",

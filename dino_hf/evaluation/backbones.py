@@ -8,6 +8,7 @@ any depths and widths). The evaluations read them through these functions only:
 - [`global_and_local_features`]: that feature and the spatial features beside it, `(B, h, w, D)`, in one forward:
   the ViT's final-LayerNorm patch tokens, the ResNet's last-stage feature map (copy detection's GeM, video label
   propagation);
+- [`feature_size`]: the width `D` of that feature;
 - [`feature_stride`]: input pixels per spatial feature (the ViT's patch size, the ResNet's total stride);
 - [`default_image_size`]: the crop side when none is given (the ViT's `image_size`; a ResNet, having none, the crop
   size its saved image processor states, else 224);
@@ -57,6 +58,11 @@ def global_and_local_features(model: torch.nn.Module, pixel_values: torch.Tensor
     return output.pooler_output, patches.reshape(tokens.shape[0], height, width, tokens.shape[-1])
 
 
+def feature_size(model: torch.nn.Module) -> int:
+    """Width `D` of [`dino_feature`]: the ViT's `hidden_size`, the ResNet's last stage width."""
+    return model.config.hidden_sizes[-1] if is_resnet(model) else model.config.hidden_size
+
+
 def feature_stride(model: torch.nn.Module) -> int:
     """Input pixels per spatial feature: the ViT's patch size, or the ResNet's total stride (4 in the stem, then 2
     per stage after the first, 32 for a four-stage ResNet)."""
@@ -99,6 +105,7 @@ __all__ = [
     "RESNET_DEFAULT_IMAGE_SIZE",
     "default_image_size",
     "dino_feature",
+    "feature_size",
     "feature_stride",
     "global_and_local_features",
     "is_resnet",
