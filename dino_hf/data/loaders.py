@@ -50,6 +50,7 @@ from .decoding import DecodeOptions, ImageBatch
 from .diversity import BatchDiversityCheck, warn_if_biased
 from .sources import ImageSource
 from .streams import (
+    SUBSET_INDEX_COLUMN,
     BatchDecoder,
     Record,
     StreamLayout,
@@ -426,8 +427,8 @@ def evenly_spread_indices(num_examples: int, count: int, seed: int = 0) -> list[
 def subsample_source(source: ImageSource, max_images: int | None, seed: int = 0) -> ImageSource:
     """At most `max_images` records of `source`: a seeded subset spread evenly over the dataset
     ([`evenly_spread_indices`]) for a random-access (map-style) source, so the first records of a class-sorted image
-    folder do not stand for the whole set; records are then numbered (ids) within the subset, a file source's ids
-    keeping the file name. A stream cannot be sampled without reading it whole: it is returned as it is, and
+    folder do not stand for the whole set; each record's id then names its row in the whole split
+    (`<split>/row<index>`, and the file name for a file source). A stream cannot be sampled without reading it whole: it is returned as it is, and
     [`build_eval_loader`] takes the first records of each of its pieces (files), `max_images` in all, with a warning
     that this subset is only as mixed as the files are.
     """
@@ -447,9 +448,12 @@ def subsample_source(source: ImageSource, max_images: int | None, seed: int = 0)
         )
         return source  # the loader takes `max_images` records, spread over the pieces
     indices = evenly_spread_indices(len(source.dataset), max_images, seed)
+    subset = source.dataset.select(indices)
+    if SUBSET_INDEX_COLUMN not in subset.column_names:  # ids name the rows of the whole split (`split/row<i>`)
+        subset = subset.add_column(SUBSET_INDEX_COLUMN, indices)
     return dataclasses.replace(
         source,
-        dataset=source.dataset.select(indices),
+        dataset=subset,
         num_examples=len(indices),
         num_shards=max(1, min(source.num_shards, len(indices))),
     )
