@@ -317,15 +317,15 @@ def download_checkpoint(url: str) -> Path:
             "read before any download), or load the file directly: "
             f"dino_hf.conversion.from_official_checkpoint('path/to/{filename}')."
         )
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-            raise OSError(f"{filename} is not cached and HF_HUB_OFFLINE is set, so it is not downloaded. {help_text}")
         target.parent.mkdir(parents=True, exist_ok=True)
         logger.info("Downloading %s to %s", url, target)
         try:
             torch.hub.download_url_to_file(url, str(target), progress=True)
-        except (urllib.error.URLError, OSError) as error:  # HTTPError is a URLError
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:  # HTTPError is a URLError
+            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+            where = " (HF_HUB_OFFLINE is set: this machine is meant to be offline)" if offline else ""
             raise OSError(
-                f"Could not download {url} ({error}): the network or the server is unreachable. {help_text}"
+                f"Could not download {url} ({error}): the network or the server is unreachable{where}. {help_text}"
             ) from error
     return target
 

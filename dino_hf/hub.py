@@ -41,6 +41,7 @@ from .configuration_dino import HEAD_FIELDS, DinoConfig
 from .conversion import DINO_LAYER_NORM_EPS, from_official_checkpoint, from_vit_model
 from .modeling_dino import DinoBackbone, DinoForSelfDistillation, DinoViTModel, MissingWeightsError
 from .releases import RELEASED_MODELS, release_from_official_files, released_model, resolve_model_id
+from .run_folders import CHECKPOINT_PREFIX, TRAINER_STATE_NAME, list_checkpoints, load_model_state, load_trainer_state
 
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,6 @@ def training_folder(name_or_path: Any) -> tuple[str, Path] | None:
     `("checkpoint", folder)` for a `checkpoint-N` (its `trainer_state.json` holds the model config, `model.safetensors`
     student, teacher, head and center), `("run", folder)` for a run's `output_dir` (`export/` and `checkpoint-N`
     folders); `None` for anything else."""
-    from .training.checkpointing import CHECKPOINT_PREFIX, TRAINER_STATE_NAME
-
     if not isinstance(name_or_path, (str, os.PathLike)) or not os.path.isdir(name_or_path):
         return None
     folder = Path(name_or_path)
@@ -142,8 +141,6 @@ def load_training_folder(name_or_path: Any, **kwargs: Any) -> DinoViTModel | Res
     export."""
     kind, folder = training_folder(name_or_path) or (None, Path(str(name_or_path)))
     if kind == "run":
-        from .training.checkpointing import list_checkpoints
-
         if (folder / "export" / "config.json").is_file():
             logger.info("%s is a training run's output folder: loading its exported teacher, %s.", folder, "export/")
             return load_backbone(folder / "export", **kwargs)
@@ -157,8 +154,6 @@ def load_training_folder(name_or_path: Any, **kwargs: Any) -> DinoViTModel | Res
         folder = checkpoints[-1]
     if kind is None:
         raise ValueError(f"{name_or_path} is not a dino_hf training run or checkpoint.")
-    from .training.checkpointing import load_model_state, load_trainer_state
-
     config = DinoConfig.from_dict(load_trainer_state(folder)["model_config"])
     run = DinoForSelfDistillation(config)
     run.load_state_dict(load_model_state(folder))
