@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..data import ImageSource, load_image_dataset
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import dino_feature
 from .batches import eval_batches
 from .knn import knn_classify, pixel_features
 
@@ -28,7 +29,8 @@ class KnnMonitor:
     Args:
         train_source, eval_source: labelled sources from `load_image_dataset` (memory bank and queries).
         image_size: side of the evaluation crops (the model's resolution).
-        train_samples, eval_samples: how many images of each split to use (the first ones, in storage order).
+        train_samples, eval_samples: how many images of each split to use (a fixed subset spread evenly over
+            the split; a stream's first ones).
         k: neighbours.
         batch_size, num_workers: feature extraction batches and decoding workers.
         mean, std: normalisation (the training one).
@@ -127,8 +129,9 @@ class KnnMonitor:
 
     @torch.no_grad()
     def features(self, backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised DINO features `(N, D)` and labels `(N,)` of one split."""
-        return self._features(split, _dino_feature(backbone))
+        """L2-normalised DINO features `(N, D)` ([`dino_feature`]: a ViT's [CLS], a ResNet's pooled last stage) and
+        labels `(N,)` of one split."""
+        return self._features(split, lambda pixels: dino_feature(backbone, pixels).float())
 
     def _features(self, split: str, feature_of) -> tuple[torch.Tensor, torch.Tensor]:
         features, labels = [], []
@@ -151,7 +154,7 @@ class KnnMonitor:
         was_training = backbone.training
         backbone.eval()
         try:
-            return self._accuracy(_dino_feature(backbone))
+            return self._accuracy(lambda pixels: dino_feature(backbone, pixels).float())
         finally:
             backbone.train(was_training)
 
@@ -159,8 +162,3 @@ class KnnMonitor:
     def pixel_baseline(self) -> float:
         """The same k-NN top-1 on the raw pixels of the same images ([`pixel_features`]): the floor to clear."""
         return self._accuracy(pixel_features)
-
-
-def _dino_feature(backbone: torch.nn.Module):
-    # flatten: a ResNet's pooled output is (B, C, 1, 1), a ViT's (B, D)
-    return lambda pixels: backbone(pixels).pooler_output.flatten(1).float()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,16 @@ import torch
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
+# The folder layout of a run (names, listing, reading a checkpoint's model) is in dino_hf.run_folders, which the
+# loaders (dino_hf.hub) read too; re-exported here.
+from ..run_folders import (  # noqa: E402
+    CHECKPOINT_PREFIX,
+    TRAINER_STATE_NAME,
+    list_checkpoints,
+    load_model_state,
+    load_trainer_state,
+)
 from .monitoring import NON_FINITE_ADVICE, NonFiniteLossError
-
-
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE_NAME = "trainer_state.json"
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -142,19 +145,6 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under `output_dir`, oldest first. Temporary folders of unfinished writes are ignored."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and (child / TRAINER_STATE_NAME).exists():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
 def resolve_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
     """`"latest"` -> the newest complete checkpoint in `output_dir`; a path -> that checkpoint (checked)."""
     if str(spec) == "latest":
@@ -210,16 +200,6 @@ def finish_checkpoint(
         for old in list_checkpoints(output_dir)[:-save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     return target
-
-
-def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-
-
-def load_model_state(checkpoint: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    device = torch.device(device)
-    # safetensors knows "cpu", not "cpu:0" (what a CPU process of a distributed run may be given).
-    return load_file(str(checkpoint / "model.safetensors"), device="cpu" if device.type == "cpu" else str(device))
 
 
 def load_optimizer_state(checkpoint: Path) -> dict[str, Any]:
