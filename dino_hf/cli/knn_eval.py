@@ -19,7 +19,6 @@ import json
 
 import torch
 
-<<<<<<< HEAD
 from ..evaluation import (
     PIXEL_BASELINE_SIZE,
     eval_batches,
@@ -29,11 +28,7 @@ from ..evaluation import (
     load_backbone,
     pixel_features,
 )
-from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
-=======
-from ..evaluation import eval_batches, extract_features, knn_evaluate, labelled_source, load_backbone
 from ._evaluation import add_eval_data_arguments, add_sample_limit_arguments, dataset_options, eval_batch_options
->>>>>>> i17b
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,18 +43,13 @@ def run(argv: list[str] | None = None) -> dict:
     add_eval_data_arguments(parser, {"train_split": ("train", None), "eval_split": ("validation", None)})
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100, 200], help="Numbers of neighbours.")
     parser.add_argument("--temperature", type=float, default=0.07)
-<<<<<<< HEAD
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--max_eval_samples", type=int, default=None)
+    add_sample_limit_arguments(parser, "max_train_samples", "max_eval_samples")
     parser.add_argument(
         "--pixel_baseline",
         action="store_true",
         help=f"Also run k-NN on the raw pixels of the same crops ({PIXEL_BASELINE_SIZE}x{PIXEL_BASELINE_SIZE}, "
         "centred): a learned feature should beat it.",
     )
-=======
-    add_sample_limit_arguments(parser, "max_train_samples", "max_eval_samples")
->>>>>>> i17b
     parser.add_argument("--output_file", default=None, help="Write the accuracies as JSON here.")
     args = parser.parse_args(argv)
 
