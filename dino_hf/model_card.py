@@ -141,6 +141,7 @@ def _pretraining_body(config: DinoConfig, summary: dict[str, Any], pictures: dic
 Final metrics:
 
 {metrics_table(summary.get("final_metrics", {}))}
+{_recipe_section(summary.get("recipe"))}
 
 {settings_details(summary.get("args") or {})}
 
@@ -185,6 +186,20 @@ with torch.no_grad():
 
 Or as a pipeline: `pipeline("image-feature-extraction", model="{repo}", trust_remote_code=True)`, `pool=True` for the
 DINO feature.
+"""
+
+
+def _recipe_section(recipe: list[dict[str, Any]] | None) -> str:
+    """The `--recipe auto` choices and their reasons, when the run used it."""
+    if not recipe:
+        return ""
+    rows = "\n".join(f"| {c['flag']} | `{c['value']}` | {c['reason']} |" for c in recipe)
+    return f"""
+Settings chosen by `--recipe auto` from the data and the machine:
+
+| flag | value | why |
+|---|---|---|
+{rows}
 """
 
 

@@ -168,10 +168,10 @@ def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"lr": 0.001, "arch": "vit_base", "local_crops_scale": [0.1, 0.3]}))
     parse = pretrain_cli.parse_arguments
-    model_args, data_args, training_args, demo = parse(["--config", str(config), "--lr", "0.002"])
+    model_args, data_args, training_args, demo, _ = parse(["--config", str(config), "--lr", "0.002"])
     assert not demo and training_args.lr == 0.002 and model_args.arch == "vit_base"
     assert data_args.local_crops_scale == [0.1, 0.3]
-    model_args, data_args, training_args, demo = parse([])
+    model_args, data_args, training_args, demo, _ = parse([])
     assert demo and data_args.dataset_name == "embedded"
     with pytest.raises(SystemExit):
         parse(["--not_a_flag", "1"])
@@ -207,7 +207,7 @@ def test_visualize_attention_example_writes_a_png(model_folder, tmp_path):
 )
 def test_demo_recipe_beats_random_features_by_ten_points(tmp_path):
     """The README's claim: `python examples/pretrain.py` with no arguments lifts k-NN by at least 10 points."""
-    model_args, data_args, training_args, demo = pretrain_cli.parse_arguments([])
+    model_args, data_args, training_args, demo, _ = pretrain_cli.parse_arguments([])
     assert demo
     training_args.output_dir = str(tmp_path / "demo")
     training_args.progress_bar = False

@@ -37,9 +37,11 @@ def training_summary(
     world_size: int,
     hub_model_id: str | None = None,
     base_model: str | None = None,
+    recipe: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What `training_summary.json` and the model card say about a finished run (every `*_token` masked).
-    `base_model`: what the run started from (a Hub id for a released model), default `--model_name_or_path`."""
+    `base_model`: what the run started from (a Hub id for a released model), default `--model_name_or_path`;
+    `recipe`: the `--recipe auto` choices with their reasons."""
     return {
         "hub_model_id": hub_model_id or training_args.hub_model_id,
         "arch": model_args.arch,
@@ -50,6 +52,8 @@ def training_summary(
         "world_size": world_size,
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "epochs": training_args.epochs,
+        "time_budget_minutes": training_args.time_budget_minutes,
+        "recipe": recipe,
         "crops": f"2x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
         "final_metrics": result.final_metrics,
         "knn": {

@@ -263,7 +263,8 @@ class DinoPretrainer:
     `step_callback(global_step, batch, output, model)`, if given, runs after every optimizer step and EMA update (on
     every process) with the step's `ImageBatch`, its `DinoSelfDistillationOutput` and the unwrapped model, e.g. to
     inspect the data or stop the run by raising. `started_at` (`time.time()` seconds): where `--time_budget_minutes`
-    counts from; default: this process's start.
+    counts from; default: this process's start. `recipe`: the `--recipe auto` choices (`{"flag", "value",
+    "reason"}` each), recorded in the summary and the model card.
     """
 
     def __init__(
@@ -273,8 +274,10 @@ class DinoPretrainer:
         training_args: DinoTrainingArguments,
         step_callback: StepCallback | None = None,
         started_at: float | None = None,
+        recipe: list[dict[str, Any]] | None = None,
     ) -> None:
         self.model_args, self.data_args, self.args = model_args, data_args, training_args
+        self.recipe = recipe
         self.step_callback = step_callback
         self.started_at = started_at if started_at is not None else process_start_time()
         self.output_dir = Path(training_args.output_dir)
@@ -603,6 +606,7 @@ class DinoPretrainer:
             self.world_size,
             self.hub_model_id,
             base_model=self.start.base_model,
+            recipe=self.recipe,
         )
         # Export and upload on the main process; a failure there raises on every process instead of hanging them.
         result.export_dir = run_on_main_process(
@@ -633,12 +637,13 @@ def pretrain(
     training_args: DinoTrainingArguments,
     step_callback: StepCallback | None = None,
     started_at: float | None = None,
+    recipe: list[dict[str, Any]] | None = None,
 ) -> PretrainingResult:
     """Pretrain DINO; returns where the checkpoints and the exported teacher backbone are, and the metrics.
 
-    `step_callback`, `started_at`: see `DinoPretrainer`.
+    `step_callback`, `started_at`, `recipe`: see `DinoPretrainer`.
     """
-    trainer = DinoPretrainer(model_args, data_args, training_args, step_callback, started_at)
+    trainer = DinoPretrainer(model_args, data_args, training_args, step_callback, started_at, recipe)
     trainer.setup()
     trainer.resume()
     trainer.train()
