@@ -148,7 +148,7 @@ def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: floa
             "arch",
             "resnet50",
             "small images and data: a convnet (transformers' ResNetModel) learns more per CPU-minute than a ViT "
-            "(measured in docs/training.md)",
+            "(measured in docs/own_images.md)",
         ),
         Choice(
             "config_overrides",
