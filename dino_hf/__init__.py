@@ -9,7 +9,7 @@ from transformers import (
 )
 
 from .configuration_dino import DinoConfig
-from .hub import install_auto_backbone_loader, load_foreign_pretrained
+from .hub import install_auto_backbone_loader, install_auto_model_loader, load_foreign_pretrained
 from .image_processing_dino import dino_image_processor
 from .modeling_dino import (
     DinoBackbone,
@@ -47,6 +47,9 @@ DinoPreTrainedModel.register_foreign_loader(load_foreign_pretrained)
 # `AutoBackbone.from_pretrained` takes the released models' names too, and local folders, which transformers 5's own
 # sends to the Hub and timm (see `dino_hf.hub.auto_backbone_from_pretrained`).
 install_auto_backbone_loader()
+# `AutoModel.from_pretrained` takes a training run's output_dir or checkpoint-N folder too (no config.json there):
+# its teacher backbone, as the README promises (see `dino_hf.hub.auto_model_from_pretrained`).
+install_auto_model_loader()
 
 __all__ = [
     "DinoBackbone",

@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import pickle
 import re
+import urllib.error
 import urllib.parse
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -310,9 +312,21 @@ def download_checkpoint(url: str) -> Path:
     filename = Path(urllib.parse.urlparse(url).path).name
     target = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not target.is_file():
+        help_text = (
+            f"Download {url} on a machine with network access and put the file at {target} (torch.hub's cache, "
+            "read before any download), or load the file directly: "
+            f"dino_hf.conversion.from_official_checkpoint('path/to/{filename}')."
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         logger.info("Downloading %s to %s", url, target)
-        torch.hub.download_url_to_file(url, str(target), progress=True)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=True)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:  # HTTPError is a URLError
+            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+            where = " (HF_HUB_OFFLINE is set: this machine is meant to be offline)" if offline else ""
+            raise OSError(
+                f"Could not download {url} ({error}): the network or the server is unreachable{where}. {help_text}"
+            ) from error
     return target
 
 

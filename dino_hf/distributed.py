@@ -3,6 +3,7 @@
 - [`run_on_main_process`]: work that only the main process does; its failure raises on every process, so a failed Hub
   call or export never leaves the other processes waiting at a barrier. Pretraining uses it for the Hub repository
   (before training) and the export and upload (after); fine-tuning for the Hub repository.
+- [`broadcast_count`]: the main process's integer on every process.
 - [`finish_run`]: the ordered end of a pretraining run on every process (final barrier, trackers, release of the
   DDP-wrapped model, process group destroyed), so that no process hangs in a process group's destructor at exit.
 - [`report_failure`]: on an exception, names the process that failed first and makes sure this process exits.
@@ -91,6 +92,14 @@ def _broadcast_message(accelerator: Any, message: str | None, size: int = 4096) 
     if not int(data[0]):
         return None
     return bytes(data[1:].tolist()).rstrip(b"\0").decode(errors="replace")
+
+
+def broadcast_count(accelerator: Any, value: int) -> int:
+    """The main process's integer `value` on every process (a collective: every process must call it)."""
+    import torch
+    from accelerate.utils import broadcast
+
+    return int(broadcast(torch.tensor([value], dtype=torch.long, device=accelerator.device), from_process=0).item())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -221,4 +230,4 @@ def _first_failure(rank: int, message: str, size: int = 2000) -> tuple[int, str]
         return None
 
 
-__all__ = ["MainProcessError", "finish_run", "report_failure", "run_on_main_process"]
+__all__ = ["MainProcessError", "broadcast_count", "finish_run", "report_failure", "run_on_main_process"]

@@ -30,15 +30,18 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from transformers import AutoBackbone, PreTrainedConfig, ResNetBackbone, ResNetModel
+from huggingface_hub.errors import HFValidationError
+from transformers import AutoBackbone, AutoModel, PreTrainedConfig, ResNetBackbone, ResNetModel
 from transformers.models.auto.auto_factory import _BaseAutoBackboneClass, _BaseAutoModelClass
 
 from .configuration_dino import HEAD_FIELDS, DinoConfig
 from .conversion import DINO_LAYER_NORM_EPS, from_official_checkpoint, from_vit_model
 from .modeling_dino import DinoBackbone, DinoForSelfDistillation, DinoViTModel, MissingWeightsError
 from .releases import RELEASED_MODELS, release_from_official_files, released_model, resolve_model_id
+from .run_folders import CHECKPOINT_PREFIX, TRAINER_STATE_NAME, list_checkpoints, load_model_state, load_trainer_state
 
 
 logger = logging.getLogger(__name__)
@@ -104,6 +107,8 @@ def load_backbone(name_or_path: Any, **kwargs: Any) -> DinoViTModel | ResNetMode
     release = release_from_official_files(name_or_path)
     if release is not None:
         return from_official_checkpoint(release.backbone_url).eval()
+    if training_folder(name_or_path) is not None:
+        return load_training_folder(name_or_path, **kwargs)
     values = _source_config(name_or_path, kwargs)
     if values.get("model_type") == "resnet":
         return ResNetModel.from_pretrained(name_or_path, **_only(kwargs, _VIT_LOAD_KWARGS)).eval()
@@ -111,6 +116,69 @@ def load_backbone(name_or_path: Any, **kwargs: Any) -> DinoViTModel | ResNetMode
         allow_missing_weights = kwargs.pop("allow_missing_weights", False)
         return _teacher_backbone(name_or_path, (), kwargs, allow_missing_weights).eval()
     return DinoViTModel.from_pretrained(name_or_path, **kwargs).eval()
+
+
+def training_folder(name_or_path: Any) -> tuple[str, Path] | None:
+    """What a local folder without `config.json` is in a dino_hf training run, if anything:
+    `("checkpoint", folder)` for a `checkpoint-N` (its `trainer_state.json` holds the model config, `model.safetensors`
+    student, teacher, head and center), `("run", folder)` for a run's `output_dir` (`export/` and `checkpoint-N`
+    folders); `None` for anything else."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not os.path.isdir(name_or_path):
+        return None
+    folder = Path(name_or_path)
+    if (folder / "config.json").is_file():
+        return None
+    if (folder / TRAINER_STATE_NAME).is_file():
+        return "checkpoint", folder
+    if (folder / "export" / "config.json").is_file() or any(folder.glob(f"{CHECKPOINT_PREFIX}*")):
+        return "run", folder
+    return None
+
+
+def load_training_folder(name_or_path: Any, **kwargs: Any) -> DinoViTModel | ResNetModel:
+    """The teacher backbone of a training run's `output_dir` (its `export/`, else its newest checkpoint) or of one of
+    its `checkpoint-N` folders, in eval mode, as [`load_backbone`] returns it. `kwargs` go to `from_pretrained` of an
+    export."""
+    kind, folder = training_folder(name_or_path) or (None, Path(str(name_or_path)))
+    if kind == "run":
+        if (folder / "export" / "config.json").is_file():
+            logger.info("%s is a training run's output folder: loading its exported teacher, %s.", folder, "export/")
+            return load_backbone(folder / "export", **kwargs)
+        checkpoints = list_checkpoints(folder)
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"{folder} is a training run's output folder without an export/ or a complete checkpoint-N: nothing "
+                "to load. Finish the run (it writes export/) or export a checkpoint with `dino-hf-export "
+                f"{folder}/checkpoint-<step> <output folder>`."
+            )
+        folder = checkpoints[-1]
+    if kind is None:
+        raise ValueError(f"{name_or_path} is not a dino_hf training run or checkpoint.")
+    config = DinoConfig.from_dict(load_trainer_state(folder)["model_config"])
+    run = DinoForSelfDistillation(config)
+    run.load_state_dict(load_model_state(folder))
+    logger.info(
+        "%s is a training checkpoint: loaded its teacher backbone. `dino-hf-export %s <output folder>` writes it as a "
+        "model folder (with its image processor and model card); the run's own export is in its export/ folder.",
+        folder,
+        folder,
+    )
+    return run.export_teacher_backbone().eval()
+
+
+def auto_model_from_pretrained(auto_class: type, name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+    """`AutoModel.from_pretrained` once dino_hf is imported: transformers' own, except that a dino_hf training run's
+    `output_dir` or `checkpoint-N` folder (no `config.json`) gives its teacher backbone ([`load_training_folder`]), as
+    it does for `DinoViTModel.from_pretrained` and [`load_backbone`]."""
+    if training_folder(name_or_path) is not None:
+        return load_training_folder(name_or_path, **kwargs)
+    return _BaseAutoModelClass.from_pretrained.__func__(auto_class, name_or_path, *model_args, **kwargs)
+
+
+def install_auto_model_loader() -> None:
+    """Make `AutoModel.from_pretrained` [`auto_model_from_pretrained`] (`import dino_hf` does, once); other sources
+    go to transformers' unchanged."""
+    AutoModel.from_pretrained = classmethod(auto_model_from_pretrained)
 
 
 def auto_backbone_from_pretrained(auto_class: type, name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
@@ -170,6 +238,11 @@ def _load_as_vit_backbone(
     release = release_from_official_files(source)
     if release is not None:  # every release on official files only is a ResNet (the ViTs are on the Hub)
         raise _not_a_vit_error(source, f"the released {release.arch}, a ResNet", loads_with_auto_model=False)
+    if training_folder(source) is not None:
+        backbone = load_training_folder(source)
+        if not isinstance(backbone, DinoViTModel):
+            raise _not_a_vit_error(source, "a ResNet training run", loads_with_auto_model=True)
+        return _with_loading_info(backbone, kwargs)
     values = _source_config(source, kwargs)
     if values.get("model_type") == "resnet":
         raise _not_a_vit_error(source, "a ResNet backbone", loads_with_auto_model=True)
@@ -255,11 +328,35 @@ def _source_config(name_or_path: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     config = kwargs.get("config")
     if isinstance(config, PreTrainedConfig):
         return config.to_dict()
+    check_model_location(config or name_or_path)
     try:
         values, _ = PreTrainedConfig.get_config_dict(config or name_or_path, **_only(kwargs, _HUB_KWARGS))
+    except HFValidationError as error:  # not a folder here, and not a valid Hub id either
+        raise FileNotFoundError(_no_such_model(config or name_or_path)) from error
     except OSError:
         return {}  # from_pretrained itself reports what is missing
     return values
+
+
+def _no_such_model(name: Any) -> str:
+    return (
+        f"{name}: no such folder. A model is a local folder (a run's export/ or output folder, a checkpoint-N, a saved "
+        f"backbone), a Hub repository id ('owner/name') or a released model's name ({', '.join(RELEASED_MODELS)}); "
+        "check the path."
+    )
+
+
+def check_model_location(name_or_path: Any) -> None:
+    """Raise `FileNotFoundError` saying the path does not exist when `name_or_path` is clearly a local path (absolute,
+    `./`, `../`, `~`, a trailing slash or more than one `/`, which no Hub id has) and nothing is there; anything else
+    may be a Hub id or a released name, which the loaders resolve."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return
+    text = os.fspath(name_or_path)
+    if os.path.exists(os.path.expanduser(text)):
+        return
+    if text.startswith(("/", "./", "../", "~", ".\\")) or text.endswith(("/", os.sep)) or text.count("/") > 1:
+        raise FileNotFoundError(_no_such_model(text))
 
 
 def _architectures(values: dict[str, Any]) -> list[str]:
@@ -332,7 +429,11 @@ def _require_new_head_opt_in(model: DinoForSelfDistillation, source: Any, allow_
 
 __all__ = [
     "auto_backbone_from_pretrained",
+    "auto_model_from_pretrained",
     "install_auto_backbone_loader",
+    "install_auto_model_loader",
     "load_backbone",
     "load_foreign_pretrained",
+    "load_training_folder",
+    "training_folder",
 ]

@@ -141,10 +141,36 @@ def _pretraining_body(config: DinoConfig, summary: dict[str, Any], pictures: dic
 Final metrics:
 
 {metrics_table(summary.get("final_metrics", {}))}
+{_recipe_section(summary.get("recipe"))}
 
 {settings_details(summary.get("args") or {})}
 
-## Usage
+{_usage_section(config, repo)}"""
+
+
+def _usage_section(config: DinoConfig, repo: str) -> str:
+    """How to get the DINO feature: a ViT's `pooler_output` is it, `(1, D)`; a ResNet's is `(1, C, 1, 1)`, flattened."""
+    if config.backbone == "resnet":
+        return f"""## Usage
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{repo}")
+model = AutoModel.from_pretrained("{repo}")  # transformers' ResNetModel
+inputs = processor(images=Image.open("image.jpg"), return_tensors="pt")
+with torch.no_grad():
+    feature = model(**inputs).pooler_output.flatten(1)  # the DINO feature, (1, {config.feature_size})
+```
+
+As a pipeline, `pipeline("image-feature-extraction", model="{repo}")` with `pool=True` returns the
+`(1, {config.feature_size}, 1, 1)` pooled map; with dino_hf,
+`pipeline("image-feature-extraction", model="{repo}", pipeline_class=dino_hf.evaluation.DinoFeatureExtractionPipeline)`
+returns the flat `(1, {config.feature_size})` DINO feature.
+"""
+    return f"""## Usage
 
 ```python
 import torch
@@ -155,10 +181,25 @@ processor = AutoImageProcessor.from_pretrained("{repo}")
 model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)  # or `import dino_hf` first
 inputs = processor(images=Image.open("image.jpg"), return_tensors="pt")
 with torch.no_grad():
-    feature = model(**inputs).pooler_output  # the DINO feature
+    feature = model(**inputs).pooler_output  # the DINO feature, (1, {config.hidden_size})
 ```
 
-Or as a pipeline: `pipeline("image-feature-extraction", model="{repo}", trust_remote_code=True)`.
+Or as a pipeline: `pipeline("image-feature-extraction", model="{repo}", trust_remote_code=True)`, `pool=True` for the
+DINO feature.
+"""
+
+
+def _recipe_section(recipe: list[dict[str, Any]] | None) -> str:
+    """The `--recipe auto` choices and their reasons, when the run used it."""
+    if not recipe:
+        return ""
+    rows = "\n".join(f"| {c['flag']} | `{c['value']}` | {c['reason']} |" for c in recipe)
+    return f"""
+Settings chosen by `--recipe auto` from the data and the machine:
+
+| flag | value | why |
+|---|---|---|
+{rows}
 """
 
 

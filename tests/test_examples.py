@@ -68,6 +68,43 @@ def test_knn_eval(dataset_folder, model_folder, tmp_path):
     assert set(saved) == {"5", "10"} and all(0.0 <= v["top1"] <= 100.0 for v in saved.values())
 
 
+def test_knn_eval_pixel_baseline(tmp_path, capsys):
+    """On a folder where the class is the brightness of the left half, the raw pixels are a perfect k-NN feature: the
+    baseline must say so, on the same images and protocol as the model's figures."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 12), ("validation", 6)):
+        for label in ("dark_left", "dark_right"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = 0.6 + 0.4 * torch.rand(32, 32, 3, generator=generator)
+                image[:, :16] *= 0.2 if label == "dark_left" else 1.0
+                image[:, 16:] *= 0.2 if label == "dark_right" else 1.0
+                Image.fromarray((255 * image).byte().numpy()).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    model = DinoViTModel(tiny_config())
+    save_model_with_processor(model, tmp_path / "model", dino_image_processor(image_size=32))
+    results = knn_eval.run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--ks",
+            "5",
+            "--num_workers",
+            "0",
+            "--pixel_baseline",
+        ]
+    )
+    assert results["pixel_baseline"][5]["top1"] == 100.0
+    printed = capsys.readouterr().out
+    assert "k-NN on the raw pixels of the same crops (16 x 16, centred) (24 train, 12 validation):" in printed
+    assert printed.count("k=5    top-1") == 2
+
+
 def test_extract_features_parquet_and_safetensors(dataset_folder, model_folder, tmp_path):
     example = extract_features
     for name in ("features.parquet", "features.safetensors"):
@@ -131,10 +168,10 @@ def test_pretrain_cli_reads_yaml_and_flags_win(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"lr": 0.001, "arch": "vit_base", "local_crops_scale": [0.1, 0.3]}))
     parse = pretrain_cli.parse_arguments
-    model_args, data_args, training_args, demo = parse(["--config", str(config), "--lr", "0.002"])
+    model_args, data_args, training_args, demo, _ = parse(["--config", str(config), "--lr", "0.002"])
     assert not demo and training_args.lr == 0.002 and model_args.arch == "vit_base"
     assert data_args.local_crops_scale == [0.1, 0.3]
-    model_args, data_args, training_args, demo = parse([])
+    model_args, data_args, training_args, demo, _ = parse([])
     assert demo and data_args.dataset_name == "embedded"
     with pytest.raises(SystemExit):
         parse(["--not_a_flag", "1"])
@@ -170,7 +207,7 @@ def test_visualize_attention_example_writes_a_png(model_folder, tmp_path):
 )
 def test_demo_recipe_beats_random_features_by_ten_points(tmp_path):
     """The README's claim: `python examples/pretrain.py` with no arguments lifts k-NN by at least 10 points."""
-    model_args, data_args, training_args, demo = pretrain_cli.parse_arguments([])
+    model_args, data_args, training_args, demo, _ = pretrain_cli.parse_arguments([])
     assert demo
     training_args.output_dir = str(tmp_path / "demo")
     training_args.progress_bar = False

@@ -5,6 +5,7 @@ import math
 import os
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -170,7 +171,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     plain = DinoViTModel(config).train()
     checkpointed = DinoViTModel(config).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with warnings.catch_warnings():  # transformers 5 deprecates gradient_checkpointing_enable (a FutureWarning)
+        warnings.simplefilter("error", FutureWarning)
+        checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert all(layer.gradient_checkpointing for layer in checkpointed.encoder.layer)
     pixels = torch.randn(2, 3, 32, 32)
     plain(pixels).pooler_output.square().sum().backward()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dino_hf.evaluation import load_backbone, processor_normalisation
+from dino_hf.evaluation import default_image_size, load_backbone, processor_normalisation
 
 
 def add_eval_data_arguments(parser: argparse.ArgumentParser, splits: dict[str, tuple[str, str | None]]) -> None:
@@ -37,6 +37,27 @@ def add_eval_data_arguments(parser: argparse.ArgumentParser, splits: dict[str, t
     group.add_argument("--num_workers", type=int, default=4)
 
 
+# The sample limits of the evaluation commands, defined once: which split each bounds.
+SAMPLE_LIMITS = {
+    "max_train_samples": "the training split (k-NN memory bank, linear-probe training set)",
+    "max_eval_samples": "the evaluation split",
+    "max_samples": "the split",
+}
+
+
+def add_sample_limit_arguments(parser: argparse.ArgumentParser, *flags: str) -> None:
+    """`--max_train_samples`, `--max_eval_samples` or `--max_samples`: at most that many images of a split, a seeded
+    subset spread evenly over it (`dino_hf.data.subsample_source`)."""
+    for flag in flags:
+        parser.add_argument(
+            f"--{flag}",
+            type=int,
+            default=None,
+            help=f"At most this many images of {SAMPLE_LIMITS[flag]}: a seeded subset spread evenly over it (a "
+            "streamed dataset: its first ones, with a warning). Default: all.",
+        )
+
+
 def dataset_options(args: argparse.Namespace) -> dict:
     """`data_files`, `image_column`, `label_column`: the keyword arguments of `load_image_dataset`/`labelled_source`."""
     return {"data_files": args.data_files, "image_column": args.image_column, "label_column": args.label_column}
@@ -47,7 +68,7 @@ def eval_batch_options(args: argparse.Namespace, model, device) -> dict:
     normalisation the model was saved with, batch size, workers and device."""
     mean, std = processor_normalisation(args.model_name_or_path)
     return {
-        "image_size": args.image_size or model.config.image_size,
+        "image_size": args.image_size or default_image_size(model, args.model_name_or_path),
         "mean": mean,
         "std": std,
         "batch_size": args.batch_size,

@@ -20,7 +20,7 @@ import torch
 
 from ..data import load_image_dataset
 from ..evaluation import eval_batches, extract_features, load_backbone
-from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
+from ._evaluation import add_eval_data_arguments, add_sample_limit_arguments, dataset_options, eval_batch_options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +36,7 @@ def run(argv: list[str] | None = None) -> Path:
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the features.")
     parser.add_argument("--n_last_blocks", type=int, default=1, help="Concatenate the [CLS] of the last n blocks.")
     parser.add_argument("--avgpool_patchtokens", action="store_true", help="Append the mean of the patch tokens.")
-    parser.add_argument("--max_samples", type=int, default=None)
+    add_sample_limit_arguments(parser, "max_samples")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

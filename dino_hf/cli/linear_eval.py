@@ -26,6 +26,7 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from ..data import subsample_source
 from ..evaluation import (
     DEFAULT_BASE_LRS,
     LinearProbeConfig,
@@ -41,7 +42,7 @@ from ..evaluation import (
     train_linear_probe_on_features,
 )
 from . import configure_logging
-from ._evaluation import add_eval_data_arguments, dataset_options, eval_batch_options
+from ._evaluation import add_eval_data_arguments, add_sample_limit_arguments, dataset_options, eval_batch_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             "eval_split": ("validation", "Chooses the best head and reports its figure."),
         },
     )
+    add_sample_limit_arguments(parser, "max_train_samples", "max_eval_samples")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument(
         "--lr",
@@ -112,9 +114,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         overrides["avgpool_patchtokens"] = bool(args.avgpool_patchtokens)
     config = LinearProbeConfig.for_backbone(model.config, **overrides)
     data = dataset_options(args)
-    sources = {
-        split: labelled_source(args.dataset_name, split, **data) for split in (args.train_split, args.eval_split)
-    }
+    limits = {args.train_split: args.max_train_samples, args.eval_split: args.max_eval_samples}
+    sources = {}
+    for split, limit in limits.items():
+        # A limited split is read random-access (an Arrow cache), so the probe sees a seeded subset spread evenly
+        # over the split, the same images every epoch, rather than a stream's first records.
+        source = labelled_source(args.dataset_name, split, streaming=limit is None, **data)
+        sources[split] = subsample_source(source, limit, seed=args.seed)
     num_labels = len(sources[args.train_split].class_names or [])
     if not num_labels:
         parser.error("The label column is not a ClassLabel; the number of classes is unknown.")
@@ -162,6 +168,7 @@ def _cached_features(args, model, config, sources, common, accelerator) -> list[
         "model_files": _fingerprint(Path(args.model_name_or_path)),
         "dataset": [args.dataset_name, args.data_files, args.image_column, args.label_column],
         "splits": [args.train_split, args.eval_split],
+        "sample_limits": [args.max_train_samples, args.max_eval_samples, args.seed],
         "layout": [config.n_last_blocks, config.avgpool_patchtokens],
         "preprocessing": [common["image_size"], list(common["mean"]), list(common["std"])],
     }

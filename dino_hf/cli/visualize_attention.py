@@ -29,6 +29,7 @@ from dino_hf.evaluation import (
     prepare_image,
     processor_normalisation,
     read_frames,
+    require_attention,
     save_attention_grid,
     threshold_attention,
 )
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     model = load_backbone(args.model_name_or_path).to(args.device)
+    try:
+        require_attention(model, f"Attention maps of {args.model_name_or_path}")
+    except ValueError as error:
+        raise SystemExit(f"dino-hf-visualize-attention: {error}") from None
     mean, std = processor_normalisation(args.model_name_or_path)
     if args.video_path is not None:
         frames, names, fps = read_frames(args.video_path)

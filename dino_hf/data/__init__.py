@@ -23,7 +23,14 @@ from .augmentation import (
 )
 from .decoding import DataQualityError, DataStats, DecodeOptions, ImageBatch, collate_images, decode_image
 from .diversity import BatchDiversityCheck, DiversityReport
-from .loaders import DEFAULT_SHUFFLE_BUFFER_SIZE, PretrainingLoader, build_eval_loader, build_pretraining_loader
+from .loaders import (
+    DEFAULT_SHUFFLE_BUFFER_SIZE,
+    PretrainingLoader,
+    build_eval_loader,
+    build_pretraining_loader,
+    evenly_spread_indices,
+    subsample_source,
+)
 from .sources import DEFAULT_DATASET_NAME, ImageSource, load_image_dataset
 from .synthetic import EMBEDDED_DATASET_NAME
 
@@ -45,6 +52,8 @@ __all__ = [
     "MultiCropOutput",
     "PretrainingLoader",
     "build_eval_loader",
+    "evenly_spread_indices",
+    "subsample_source",
     "build_pretraining_loader",
     "collate_images",
     "decode_image",

@@ -38,6 +38,7 @@ earliest epoch in progress with the new layout (the reference implementation res
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ from .decoding import DecodeOptions, ImageBatch
 from .diversity import BatchDiversityCheck, warn_if_biased
 from .sources import ImageSource
 from .streams import (
+    SUBSET_INDEX_COLUMN,
     BatchDecoder,
     Record,
     StreamLayout,
@@ -378,9 +380,13 @@ class _EvalStreams(torch.utils.data.IterableDataset):
             for piece in range(stream, num_pieces, total):
                 yield from iter_piece(self.source, piece, num_pieces)
             return
-        records = itertools.chain.from_iterable(iter_piece(self.source, p, num_pieces) for p in range(num_pieces))
-        if max_images is not None:
-            records = itertools.islice(records, max_images)
+        if max_images is None:
+            records = itertools.chain.from_iterable(iter_piece(self.source, p, num_pieces) for p in range(num_pieces))
+        else:  # a stream: the first records of every piece, spread over the pieces (see `subsample_source`)
+            quotas = [max_images // num_pieces + (p < max_images % num_pieces) for p in range(num_pieces)]
+            records = itertools.chain.from_iterable(
+                itertools.islice(iter_piece(self.source, p, num_pieces), quotas[p]) for p in range(num_pieces)
+            )
         for position, record in enumerate(records):
             if position % total == stream:
                 yield record
@@ -405,6 +411,54 @@ class _EvalStreams(torch.utils.data.IterableDataset):
             yield decoder.batch({})
 
 
+def evenly_spread_indices(num_examples: int, count: int, seed: int = 0) -> list[int]:
+    """`count` sorted distinct indices of `range(num_examples)`, one drawn (seeded) in each of `count` equal strata:
+    a random subset spread over the whole range, so a class-sorted dataset keeps every class in proportion."""
+    if count >= num_examples:
+        return list(range(num_examples))
+    rng = torch.Generator().manual_seed(seed)
+    starts = torch.arange(count, dtype=torch.float64) * num_examples / count
+    ends = torch.arange(1, count + 1, dtype=torch.float64) * num_examples / count
+    starts, ends = starts.ceil().long(), ends.ceil().long()  # [start, end): non-empty since count < num_examples
+    offsets = (torch.rand(count, generator=rng, dtype=torch.float64) * (ends - starts)).long()
+    return (starts + offsets).tolist()
+
+
+def subsample_source(source: ImageSource, max_images: int | None, seed: int = 0) -> ImageSource:
+    """At most `max_images` records of `source`: a seeded subset spread evenly over the dataset
+    ([`evenly_spread_indices`]) for a random-access (map-style) source, so the first records of a class-sorted image
+    folder do not stand for the whole set; each record's id then names its row in the whole split
+    (`<split>/row<index>`, and the file name for a file source). A stream cannot be sampled without reading it whole: it is returned as it is, and
+    [`build_eval_loader`] takes the first records of each of its pieces (files), `max_images` in all, with a warning
+    that this subset is only as mixed as the files are.
+    """
+    if max_images is None or (source.num_examples is not None and max_images >= source.num_examples):
+        return source
+    if max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}.")
+    if source.streaming:
+        logger.warning(
+            "%s (%s) is a stream: the %d-image limit takes the first records of each of its %d pieces (files), "
+            "which represent the whole set only as far as the files mix its classes. Load it without streaming "
+            "(streaming=False) for a seeded subset spread evenly over the whole set.",
+            source.name,
+            source.split,
+            max_images,
+            count_pieces(source),
+        )
+        return source  # the loader takes `max_images` records, spread over the pieces
+    indices = evenly_spread_indices(len(source.dataset), max_images, seed)
+    subset = source.dataset.select(indices)
+    if SUBSET_INDEX_COLUMN not in subset.column_names:  # ids name the rows of the whole split (`split/row<i>`)
+        subset = subset.add_column(SUBSET_INDEX_COLUMN, indices)
+    return dataclasses.replace(
+        source,
+        dataset=subset,
+        num_examples=len(indices),
+        num_shards=max(1, min(source.num_shards, len(indices))),
+    )
+
+
 def build_eval_loader(
     source: ImageSource,
     batch_size: int,
@@ -413,6 +467,7 @@ def build_eval_loader(
     rank: int = 0,
     world_size: int = 1,
     max_images: int | None = None,
+    seed: int = 0,
     resize_size: int = 256,
     max_bad_fraction: float = 0.5,
     bad_fraction_min_records: int = 100,
@@ -427,7 +482,10 @@ def build_eval_loader(
         batch_size: images per batch; the last batch of each worker may be smaller.
         num_workers: DataLoader worker processes (0: in this process).
         rank, world_size: each process gets a disjoint part; together they cover the dataset once.
-        max_images: only the first `max_images` records of the dataset (in storage order), across all processes.
+        max_images: at most this many records across all processes: a seeded subset spread evenly over a
+            random-access dataset; of a stream, the first records of each piece (with a warning); see
+            [`subsample_source`].
+        seed: the subset's seed.
         resize_size: large JPEGs are decoded at reduced scale, keeping the shorter side >= this (the resize of
             [`EvalTransform`]).
         max_bad_fraction, bad_fraction_min_records, pin_memory, max_side, min_side: as in
@@ -437,10 +495,13 @@ def build_eval_loader(
         A `torch.utils.data.DataLoader` of [`ImageBatch`]es with labels (-1 where the dataset has none).
     """
     _check_loader_arguments(batch_size, num_workers, rank, world_size)
+    source = subsample_source(source, max_images, seed)
+    if not source.streaming:
+        max_images = None  # the subset holds exactly the images asked for
     num_streams = max(1, num_workers)
     num_pieces = count_pieces(source)
-    # One pass has no sampling frequency to balance, so pieces split whenever there are enough; `max_images`
-    # counts records in storage order, which only the "examples" layout sees.
+    # One pass has no sampling frequency to balance, so pieces split whenever there are enough; a stream's
+    # `max_images` counts records in storage order, which only the "examples" layout sees.
     mode = "shards" if num_pieces >= world_size * num_streams and max_images is None else "examples"
     settings = {
         "batch_size": batch_size,
@@ -466,4 +527,10 @@ def build_eval_loader(
     )
 
 
-__all__ = ["PretrainingLoader", "build_eval_loader", "build_pretraining_loader"]
+__all__ = [
+    "PretrainingLoader",
+    "build_eval_loader",
+    "build_pretraining_loader",
+    "evenly_spread_indices",
+    "subsample_source",
+]

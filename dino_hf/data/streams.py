@@ -39,6 +39,10 @@ class Record:
     id: str
 
 
+# The column [`~dino_hf.data.subsample_source`] adds to a subset: each row's index in the whole split, for its id.
+SUBSET_INDEX_COLUMN = "_dino_hf_row"
+
+
 def count_pieces(source: ImageSource) -> int:
     return max(1, min(source.num_shards, _MAX_PIECES))
 
@@ -52,8 +56,12 @@ def iter_piece(source: ImageSource, piece: int, num_pieces: int) -> Iterator[Rec
     for rows in part.iter(batch_size=_READ_BATCH):
         images = rows[source.image_column]
         labels = rows[source.label_column] if source.label_column else [None] * len(images)
-        for image, label in zip(images, labels):
-            record_id = f"{source.split}/{piece:05d}:{row}"
+        originals = rows.get(SUBSET_INDEX_COLUMN)  # a subset's rows keep the index they had in the whole split
+        for position, (image, label) in enumerate(zip(images, labels)):
+            if originals is not None:
+                record_id = f"{source.split}/row{originals[position]}"
+            else:
+                record_id = f"{source.split}/{piece:05d}:{row}"
             path = image.get("path") if isinstance(image, dict) else None
             if path:
                 record_id += ":" + os.path.basename(path)

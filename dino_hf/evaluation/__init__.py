@@ -1,6 +1,7 @@
 """Downstream use of DINO features: k-NN and linear evaluation, attention maps, feature extraction.
 
-- [`knn_classify`], [`knn_evaluate`]: the paper's weighted k-NN classifier, chunked for large training sets.
+- [`knn_classify`], [`knn_evaluate`]: the paper's weighted k-NN classifier, chunked for large training sets;
+  [`pixel_features`]: the raw-pixel baseline's features, the floor a learned feature should clear.
 - [`LinearClassifier`], [`LinearProbeConfig`], [`extract_linear_features`], [`train_linear_probe`],
   [`evaluate_linear_probe`]: linear evaluation on frozen features, on accelerate, a grid of learning rates at once;
   [`extract_probe_features`], [`train_linear_probe_on_features`]: the same heads on stored features.
@@ -15,15 +16,27 @@
 - [`propagate_video`], [`segment_davis`], [`region_similarity`], [`boundary_f_measure`]: video object segmentation
   by label propagation, DAVIS J and F.
 - [`attention_video`]: the attention maps of every frame of a video, as images and an animation.
+- [`dino_feature`], [`global_and_local_features`], [`feature_stride`], [`default_image_size`]: what every
+  evaluation reads of a backbone, ViT or ResNet (`evaluation/backbones.py`, the one place that knows it).
 - [`eval_batches`], [`probe_train_batches`], [`labelled_source`]: evaluation data from any `dino_hf.data` source.
 - [`FinetuneArguments`], [`finetune`]: full fine-tuning for classification (transformers `Trainer`).
 """
 
 from ..image_processing_dino import dino_image_processor, prepare_image, processor_normalisation  # re-exported
 from .attention import attention_maps, attention_video, read_frames, save_attention_grid, threshold_attention
+from .backbones import (
+    default_image_size,
+    dino_feature,
+    feature_size,
+    feature_stride,
+    global_and_local_features,
+    is_resnet,
+    require_attention,
+)
 from .batches import classification_crop_config, eval_batches, labelled_source, probe_train_batches
 from .copy_detection import PCAWhitening, copy_detection_descriptor, evaluate_copy_detection, gem
 from .features import (
+    DinoFeatureExtractionPipeline,
     extract_features,
     extract_linear_features,
     load_backbone,
@@ -33,7 +46,7 @@ from .features import (
     unpack_batch,
 )
 from .finetuning import FinetuneArguments, finetune
-from .knn import knn_classify, knn_evaluate
+from .knn import PIXEL_BASELINE_SIZE, knn_classify, knn_evaluate, pixel_features
 from .linear import (
     DEFAULT_BASE_LRS,
     LinearClassifier,
@@ -74,6 +87,14 @@ from .video_segmentation import (
 
 
 __all__ = [
+    "DinoFeatureExtractionPipeline",
+    "default_image_size",
+    "dino_feature",
+    "feature_size",
+    "feature_stride",
+    "global_and_local_features",
+    "is_resnet",
+    "require_attention",
     "DEFAULT_BASE_LRS",
     "FinetuneArguments",
     "FrozenFeatureSegmenter",
@@ -82,6 +103,7 @@ __all__ = [
     "LinearProbeConfig",
     "LinearProbeResult",
     "PCAWhitening",
+    "PIXEL_BASELINE_SIZE",
     "PropagationConfig",
     "REVISITED_DATASETS",
     "SegmentationHeadConfig",
@@ -119,6 +141,7 @@ __all__ = [
     "load_retrieval_dataset",
     "load_segmentation_split",
     "mean_iou",
+    "pixel_features",
     "prepare_image",
     "probe_train_batches",
     "processor_normalisation",

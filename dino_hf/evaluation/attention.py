@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, prepare_image
 from ..modeling_dino import DinoViTModel
+from .backbones import require_attention
 
 
 # viridis at 0, 1/8, ..., 1 (RGB, 0-255).
@@ -81,6 +82,7 @@ def attention_maps(model: DinoViTModel, pixel_values: torch.Tensor) -> torch.Ten
     torch.Size([1, 4, 4, 6])
     ```
     """
+    require_attention(model, "Attention maps")
     patch_size = model.config.patch_size
     height, width = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
     attentions = model.get_last_selfattention(pixel_values)
@@ -287,6 +289,7 @@ def attention_video(
     Returns:
         The frame files and the animation file.
     """
+    require_attention(model, "Attention maps")
     output_dir = Path(output_dir)
     (output_dir / "attention").mkdir(parents=True, exist_ok=True)
     paths, images = [], []

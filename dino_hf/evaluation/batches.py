@@ -36,10 +36,16 @@ def labelled_source(
     data_files: Any = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    streaming: bool = True,
 ) -> ImageSource:
     """[`load_image_dataset`] of a split the evaluation needs labels for; a clear error when it has none."""
     source = load_image_dataset(
-        dataset_name, split=split, data_files=data_files, image_column=image_column, label_column=label_column
+        dataset_name,
+        split=split,
+        data_files=data_files,
+        image_column=image_column,
+        label_column=label_column,
+        streaming=streaming,
     )
     if source.label_column is None:
         raise ValueError(f"{dataset_name} ({split}) has no label column; pass --label_column.")

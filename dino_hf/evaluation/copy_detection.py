@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
+from .backbones import global_and_local_features
 from .image_files import list_images, load_rgb
 from .retrieval import compute_ap
 
@@ -47,9 +48,11 @@ def gem(tokens: torch.Tensor, p: float = 4.0, eps: float = 1e-6) -> torch.Tensor
 
 @torch.no_grad()
 def copy_detection_descriptor(model: DinoViTModel, pixel_values: torch.Tensor, p: float = 4.0) -> torch.Tensor:
-    """`(B, 2D)` float32: the [CLS] token and the GeM-pooled patch tokens of the last block (after its LayerNorm)."""
-    tokens = model(pixel_values).last_hidden_state.float()
-    return torch.cat([tokens[:, 0], gem(tokens[:, 1:], p)], dim=1)
+    """`(B, 2D)` float32: the DINO feature and the GeM-pooled spatial features ([`global_and_local_features`]): a
+    ViT's [CLS] token and last-block patch tokens (after the final LayerNorm), a ResNet's pooled last stage and its
+    last feature map."""
+    pooled, local = global_and_local_features(model, pixel_values)
+    return torch.cat([pooled.float(), gem(local.flatten(1, 2).float(), p)], dim=1)
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ After `import dino_hf`, a folder saved by [`save_model_with_processor`] works wi
 ```
 
 `pool=True` returns the model's `pooler_output`, the final-LayerNorm [CLS] token (the DINO feature); without it the
-pipeline returns `last_hidden_state`, all tokens `(1, 1 + num_patches, D)`.
+pipeline returns `last_hidden_state`, all tokens `(1, 1 + num_patches, D)`. A ResNet's `pooler_output` is
+`(1, C, 1, 1)` (transformers' `ResNetModel`); `pipeline_class=DinoFeatureExtractionPipeline` gives the DINO feature
+of every backbone as a flat `(1, D)` vector.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import ResNetModel
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+from transformers.pipelines.image_feature_extraction import ImageFeatureExtractionPipeline
 
 from ..hub import load_backbone  # the evaluations read any DINO backbone, ViT or ResNet
 from ..image_processing_dino import dino_image_processor
-from ..modeling_dino import DinoViTModel, backbone_features
+from ..modeling_dino import DinoViTModel
+from .backbones import default_image_size, dino_feature, is_resnet
 
 
 def save_model_with_processor(
@@ -44,8 +47,27 @@ def save_model_with_processor(
     """
     path = Path(path)
     model.save_pretrained(path)
-    (processor or dino_image_processor(image_size=model.config.image_size)).save_pretrained(path)
+    (processor or dino_image_processor(image_size=default_image_size(model))).save_pretrained(path)
     return path
+
+
+class DinoFeatureExtractionPipeline(ImageFeatureExtractionPipeline):
+    """transformers' `image-feature-extraction` pipeline whose pooled output (`pool=True`) is the DINO feature as a
+    flat vector `(1, D)` for every backbone: a ResNet's `pooler_output` is `(1, C, 1, 1)`, flattened here.
+
+    ```python
+    >>> from transformers import pipeline
+    >>> from dino_hf.evaluation import DinoFeatureExtractionPipeline
+    >>> extractor = pipeline("image-feature-extraction", model="outputs/run/export",
+    ...                      pipeline_class=DinoFeatureExtractionPipeline)  # doctest: +SKIP
+    >>> extractor(image, pool=True, return_tensors=True).shape  # (1, D), ViT or ResNet  # doctest: +SKIP
+    ```
+    """
+
+    def postprocess(self, model_outputs, pool=None, return_tensors=False):
+        if pool and "pooler_output" in model_outputs and model_outputs["pooler_output"].dim() > 2:
+            model_outputs["pooler_output"] = model_outputs["pooler_output"].flatten(1)
+        return super().postprocess(model_outputs, pool=pool, return_tensors=return_tensors)
 
 
 def extract_linear_features(
@@ -62,12 +84,12 @@ def extract_linear_features(
     A ResNet backbone (transformers' `ResNetModel`) has one linear-evaluation feature, as in the reference: its pooled
     last stage (`n_last_blocks=1`, no `avgpool_patchtokens`).
     """
-    if isinstance(model, ResNetModel):
+    if is_resnet(model):
         if n_last_blocks != 1 or avgpool_patchtokens:
             raise ValueError(
                 "A ResNet's feature is its pooled last stage: use n_last_blocks=1, avgpool_patchtokens=False."
             )
-        return backbone_features(model, pixel_values)
+        return dino_feature(model, pixel_values)
     return model.get_linear_features(pixel_values, n_last_blocks, avgpool_patchtokens)
 
 
@@ -226,6 +248,7 @@ def load_features(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "DinoFeatureExtractionPipeline",
     "extract_linear_features",
     "unpack_batch",
     "extract_features",

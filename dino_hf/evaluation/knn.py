@@ -196,4 +196,40 @@ def knn_evaluate(
     return results
 
 
-__all__ = ["knn_classify", "knn_evaluate", "nearest_neighbours", "weighted_vote"]
+# The side the raw-pixel baseline pools images to: large enough to keep a character or a silhouette recognisable,
+# small enough that a pixel off or a little blur does not change the nearest neighbours.
+PIXEL_BASELINE_SIZE = 16
+
+
+def pixel_features(pixel_values: torch.Tensor, size: int = PIXEL_BASELINE_SIZE) -> torch.Tensor:
+    """The raw-pixel baseline's features `(B, 3 * size * size)` of preprocessed images `(B, 3, H, W)`.
+
+    Each image is area-pooled to `size x size`, flattened, centred on its own mean (so a uniform change of brightness
+    does not move it) and L2-normalised. k-NN on these is the floor any learned feature should clear on the same
+    crops and protocol (`dino-hf-knn-eval --pixel_baseline`, and the k-NN monitor's `pixel_baseline`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf.evaluation import pixel_features
+    >>> images = torch.rand(2, 3, 64, 64)
+    >>> features = pixel_features(images)
+    >>> features.shape, torch.allclose(features, pixel_features(images + 0.5), atol=1e-6)
+    (torch.Size([2, 768]), True)
+    ```
+    """
+    if pixel_values.ndim != 4:
+        raise ValueError(f"Expected images (B, C, H, W), got {tuple(pixel_values.shape)}.")
+    pooled = F.adaptive_avg_pool2d(pixel_values.float(), size).flatten(1)
+    return F.normalize(pooled - pooled.mean(dim=1, keepdim=True), dim=1)
+
+
+__all__ = [
+    "PIXEL_BASELINE_SIZE",
+    "knn_classify",
+    "knn_evaluate",
+    "nearest_neighbours",
+    "pixel_features",
+    "weighted_vote",
+]

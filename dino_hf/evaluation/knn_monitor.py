@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from ..data import ImageSource, load_image_dataset
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import dino_feature
 from .batches import eval_batches
-from .knn import knn_classify
+from .knn import knn_classify, pixel_features
 
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ class KnnMonitor:
     Args:
         train_source, eval_source: labelled sources from `load_image_dataset` (memory bank and queries).
         image_size: side of the evaluation crops (the model's resolution).
-        train_samples, eval_samples: how many images of each split to use (the first ones, in storage order).
+        train_samples, eval_samples: how many images of each split to use (a fixed subset spread evenly over
+            the split; a stream's first ones).
         k: neighbours.
         batch_size, num_workers: feature extraction batches and decoding workers.
         mean, std: normalisation (the training one).
@@ -127,24 +129,36 @@ class KnnMonitor:
 
     @torch.no_grad()
     def features(self, backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised [CLS] features `(N, D)` and labels `(N,)` of one split."""
+        """L2-normalised DINO features `(N, D)` ([`dino_feature`]: a ViT's [CLS], a ResNet's pooled last stage) and
+        labels `(N,)` of one split."""
+        return self._features(split, lambda pixels: dino_feature(backbone, pixels).float())
+
+    def _features(self, split: str, feature_of) -> tuple[torch.Tensor, torch.Tensor]:
         features, labels = [], []
         for pixels, batch_labels in self._batches(split):
-            output = backbone(pixels.to(self.device, torch.float32))  # cached batches are float16 on the CPU
-            features.append(F.normalize(output.pooler_output.float(), dim=-1))
+            output = feature_of(pixels.to(self.device, torch.float32))  # cached batches are float16 on the CPU
+            features.append(F.normalize(output, dim=-1))
             labels.append(batch_labels.to(self.device))
         return torch.cat(features), torch.cat(labels)
+
+    def _accuracy(self, feature_of) -> float:
+        train_features, train_labels = self._features("train", feature_of)
+        eval_features, eval_labels = self._features("eval", feature_of)
+        scores = knn_classify(
+            train_features, train_labels, eval_features, k=min(self.k, len(train_labels)), temperature=0.07
+        )
+        return (scores.argmax(dim=1) == eval_labels.cpu()).float().mean().item()
 
     @torch.no_grad()
     def __call__(self, backbone: torch.nn.Module) -> float:
         was_training = backbone.training
         backbone.eval()
         try:
-            train_features, train_labels = self.features(backbone, "train")
-            eval_features, eval_labels = self.features(backbone, "eval")
+            return self._accuracy(lambda pixels: dino_feature(backbone, pixels).float())
         finally:
             backbone.train(was_training)
-        scores = knn_classify(
-            train_features, train_labels, eval_features, k=min(self.k, len(train_labels)), temperature=0.07
-        )
-        return (scores.argmax(dim=1) == eval_labels.cpu()).float().mean().item()
+
+    @torch.no_grad()
+    def pixel_baseline(self) -> float:
+        """The same k-NN top-1 on the raw pixels of the same images ([`pixel_features`]): the floor to clear."""
+        return self._accuracy(pixel_features)

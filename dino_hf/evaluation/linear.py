@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import ResNetModel
 
 from ..configuration_dino import DinoConfig
 from ..modeling_dino import DinoViTModel
+from .backbones import feature_size, is_resnet
 from .features import extract_linear_features, unpack_batch
 from .metrics import top_k_accuracies
 
@@ -472,7 +472,7 @@ def train_linear_probe(
     ```
     """
     config = config or LinearProbeConfig.for_backbone(model.config)
-    if config.n_last_blocks > model.config.num_hidden_layers:
+    if not is_resnet(model) and config.n_last_blocks > model.config.num_hidden_layers:
         raise ValueError(
             f"n_last_blocks={config.n_last_blocks} exceeds the backbone's {model.config.num_hidden_layers} blocks."
         )
@@ -484,7 +484,7 @@ def train_linear_probe(
     _check_grid_needs_validation(config, eval_batches is not None)
     accelerator = accelerator or Accelerator()
     model = model.to(accelerator.device).eval().requires_grad_(False)
-    width = model.config.hidden_sizes[-1] if isinstance(model, ResNetModel) else model.config.hidden_size
+    width = feature_size(model)
     first, first_epoch = _first_and_rest(_epoch_iterable(train_batches, 0, accelerator))
     if global_batch_size is None:
         global_batch_size = unpack_batch(first)[0].shape[0] * accelerator.num_processes

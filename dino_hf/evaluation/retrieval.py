@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
+from .backbones import dino_feature, is_resnet
 from .image_files import crop_to_patches, list_images, load_rgb
 
 
@@ -88,7 +89,9 @@ def global_features(model: DinoViTModel, pixel_values: torch.Tensor, scales: Seq
         inputs = pixel_values
         if scale != 1:
             inputs = F.interpolate(pixel_values, scale_factor=scale, mode="bilinear", align_corners=False)
-        cls = model(crop_to_patches(inputs, model.config.patch_size)).pooler_output.float()
+        if not is_resnet(model):  # a ViT's patch convolution takes whole patches only; a ResNet any size
+            inputs = crop_to_patches(inputs, model.config.patch_size)
+        cls = dino_feature(model, inputs).float()
         total = cls if total is None else total + cls
     return F.normalize(total / len(scales), dim=-1)
 

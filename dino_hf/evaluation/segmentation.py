@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.loaders import evenly_spread_indices
 from ..data.sources import find_image_column, open_dataset
 from ..data.synthetic import EMBEDDED_DATASET_NAME, SEGMENTATION_CLASSES
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, dense_image_processor, to_pixel_values
@@ -126,7 +127,8 @@ def load_segmentation_split(
         image_column, mask_column: detected when None (`Image` features named as in `IMAGE_COLUMN_NAMES` /
             `MASK_COLUMN_NAMES`; a mask column must be an `Image` feature).
         embedded_options: generator options of the embedded dataset (e.g. `{"train_per_class": 100}`).
-        max_samples: keep the first `max_samples` pairs.
+        max_samples: keep `max_samples` pairs: a seeded subset spread evenly over the split
+            ([`~dino_hf.data.evenly_spread_indices`]), not the first ones of a sorted folder.
     """
     class_names = None
     if _is_image_mask_folder(dataset_name, split):
@@ -148,8 +150,8 @@ def load_segmentation_split(
     image_column = find_image_column(
         datasets.Features({k: v for k, v in features.items() if k != mask_column}), image_column
     )
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if max_samples is not None:  # seeded and spread over the split: a sorted folder's first pairs are not a sample
+        dataset = dataset.select(evenly_spread_indices(len(dataset), max_samples, seed=0))
     return SegmentationSplit(dataset, image_column, mask_column, class_names)
 
 

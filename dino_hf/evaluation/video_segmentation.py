@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..image_processing_dino import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 from ..modeling_dino import DinoViTModel
+from .backbones import feature_stride, global_and_local_features
 from .image_files import load_rgb
 
 
@@ -81,9 +82,10 @@ def davis_frame_size(height: int, width: int, short_side: int = 480) -> tuple[in
 
 @torch.no_grad()
 def patch_features(model: DinoViTModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """`(h * w, D)` L2-normalised last-block patch tokens (after the final LayerNorm) of one `(1, 3, H, W)` frame."""
-    tokens = model(pixel_values).last_hidden_state[0, 1:].float()
-    return F.normalize(tokens, dim=-1)
+    """`(h * w, D)` L2-normalised spatial features of one `(1, 3, H, W)` frame ([`global_and_local_features`]): a ViT's
+    last-block patch tokens (after the final LayerNorm), a ResNet's last-stage feature map."""
+    _, local = global_and_local_features(model, pixel_values)
+    return F.normalize(local[0].flatten(0, 1).float(), dim=-1)
 
 
 def neighbourhood_mask(height: int, width: int, size: int, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -184,7 +186,7 @@ def propagate_video(
         first_mask: `(H, W)` integer labels of the first frame (0 background, 1..C-1 objects).
     """
     config = config or PropagationConfig()
-    patch = model.config.patch_size
+    patch = feature_stride(model)
 
     def features(frame):
         image = load_rgb(frame) if not isinstance(frame, Image.Image) else frame.convert("RGB")

@@ -160,6 +160,14 @@ class DinoTrainingArguments:
         **_help("Optimizer steps per epoch; defaults to dataset size / total batch (needed for streams)."),
     )
     max_steps: int = field(default=-1, **_help("Stop after this many steps (the schedules still span --epochs)."))
+    time_budget_minutes: float | None = field(
+        default=None,
+        **_help(
+            "Fit the whole run (data preparation, training, the last evaluation and the export) in this many minutes "
+            "of wall time: the run measures its speed on its first steps, plans the steps that fit, and lays every "
+            "schedule over them as it would over --epochs (docs/training.md). Excludes --max_steps."
+        ),
+    )
     lr: float = mirrored_field(
         DinoSchedules, "lr", "Peak learning rate at a total batch of 256; scaled linearly with the total batch."
     )
@@ -243,3 +251,10 @@ class DinoTrainingArguments:
             raise ValueError("--gradient_accumulation_steps must be at least 1.")
         if self.per_device_train_batch_size <= 0:
             raise ValueError("--per_device_train_batch_size must be positive.")
+        if self.time_budget_minutes is not None:
+            if self.time_budget_minutes <= 0:
+                raise ValueError(f"--time_budget_minutes must be positive, got {self.time_budget_minutes}.")
+            if self.max_steps >= 0:
+                raise ValueError(
+                    "--time_budget_minutes and --max_steps both set the length of the run: give one of them."
+                )

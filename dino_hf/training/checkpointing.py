@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,16 @@ import torch
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
+# The folder layout of a run (names, listing, reading a checkpoint's model) is in dino_hf.run_folders, which the
+# loaders (dino_hf.hub) read too; re-exported here.
+from ..run_folders import (  # noqa: E402
+    CHECKPOINT_PREFIX,
+    TRAINER_STATE_NAME,
+    list_checkpoints,
+    load_model_state,
+    load_trainer_state,
+)
 from .monitoring import NON_FINITE_ADVICE, NonFiniteLossError
-
-
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE_NAME = "trainer_state.json"
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -143,19 +146,6 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under `output_dir`, oldest first. Temporary folders of unfinished writes are ignored."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and (child / TRAINER_STATE_NAME).exists():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
 def resolve_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
     """`"latest"` -> the newest complete checkpoint in `output_dir`; a path -> that checkpoint (checked)."""
     if str(spec) == "latest":
@@ -223,16 +213,6 @@ def _remove_checkpoint(path: Path) -> None:
         shutil.rmtree(doomed, ignore_errors=True)
     os.replace(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
-
-
-def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-
-
-def load_model_state(checkpoint: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    device = torch.device(device)
-    # safetensors knows "cpu", not "cpu:0" (what a CPU process of a distributed run may be given).
-    return load_file(str(checkpoint / "model.safetensors"), device="cpu" if device.type == "cpu" else str(device))
 
 
 def load_optimizer_state(checkpoint: Path) -> dict[str, Any]:
@@ -316,13 +296,15 @@ def restore_rng(
 
 @dataclass
 class ResumePoint:
-    """Where a resumed run continues: its checkpoint, step, images seen, metric history and data-stream states."""
+    """Where a resumed run continues: its checkpoint, step, images seen, metric history, data-stream states and, for a
+    run with a time budget, its plan (`BudgetPlan.to_dict()`)."""
 
     checkpoint: Path
     global_step: int
     images_seen: int
     history: list[dict[str, Any]]
     stream_states: list[dict[str, Any] | None] | None
+    time_budget: dict[str, Any] | None = None
 
 
 def resume_training(
@@ -347,7 +329,9 @@ def resume_training(
         accelerator.scaler.load_state_dict(state["scaler"])
     restore_rng(checkpoint, state, accelerator.process_index, accelerator.num_processes, seed, generators)
     global_step, images_seen = resume_position(state, total_batch)
-    return ResumePoint(checkpoint, global_step, images_seen, state["history"], state["stream_states"])
+    return ResumePoint(
+        checkpoint, global_step, images_seen, state["history"], state["stream_states"], state.get("time_budget")
+    )
 
 
 def save_training_checkpoint(

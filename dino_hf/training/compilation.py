@@ -37,7 +37,7 @@ def compile_blocks(
     network's. Graphs are specialised on the input shape (`dynamic=False`): one per crop resolution and batch, and
     one per autograd mode (the teacher runs without gradients). Stochastic-depth rates are graph inputs (see
     `DinoDropPath`), so blocks with different rates share a graph and the step never recompiles once warm.
-    Gradient checkpointing (`gradient_checkpointing_enable`) works with compiled blocks.
+    Gradient checkpointing (`activation_checkpointing_enable`) works with compiled blocks.
 
     Args:
         model: a [`DinoForSelfDistillation`], a [`DinoViTModel`], or any module containing `DinoLayer`s.

@@ -81,7 +81,8 @@ class DinoSchedules:
     """All of DINO's schedules, indexed by the global iteration.
 
     Args:
-        steps_per_epoch: optimizer steps per epoch.
+        steps_per_epoch: optimizer steps per epoch (fractional when a time budget spreads the epochs over the steps
+            that fit).
         epochs: length of the schedules in epochs (the cosine reaches its final value at `epochs`).
         lr: peak learning rate, already scaled by the total batch size (`base_lr * total_batch / 256`).
         min_lr: final learning rate.
@@ -92,7 +93,7 @@ class DinoSchedules:
         freeze_last_layer: epochs during which the head's last layer gets no update.
     """
 
-    steps_per_epoch: int
+    steps_per_epoch: float
     epochs: int
     lr: float = 5e-4
     min_lr: float = 1e-6
@@ -115,7 +116,7 @@ class DinoSchedules:
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return round(self.epochs * self.steps_per_epoch)
 
     def __call__(self, step: float) -> ScheduleValues:
         """The values at iteration `step`; a fractional step (images seen / total batch, after a resume with

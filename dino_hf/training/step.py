@@ -250,7 +250,7 @@ def build_training_step(
         torch_compile: compile the blocks (`compile_blocks`, `--torch_compile`).
     """
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
     if model.config.has_batch_norm and accelerator.num_processes > 1:
         if accelerator.device.type in ("cuda", "xpu"):

@@ -11,6 +11,9 @@
 4. `finish()`: the last checkpoint, the last k-NN evaluation, export (and upload to the Hub), then the ordered end
    of the run on every process (`distributed.finish_run`).
 
+With `--time_budget_minutes`, `train()` also follows a `TimeBudget` (time_budget.py): it measures the first steps,
+then sets `max_steps` and lays the schedules over the steps that fit.
+
 `pretrain(model_args, data_args, training_args)` runs the four phases; an exception on one process of many names that
 process and ends it in bounded time (`distributed.report_failure`).
 """
@@ -23,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from ..data import (
     load_image_dataset,
 )
 from ..data.sources import first_image
-from ..distributed import finish_run, report_failure, run_on_main_process
+from ..distributed import broadcast_count, finish_run, report_failure, run_on_main_process
 from ..modeling_dino import DinoForSelfDistillation, DinoSelfDistillationOutput
 from ..publishing import create_hub_repo, masked_arguments, upload_to_hub
 from . import checkpointing as ckpt
@@ -53,6 +56,7 @@ from .monitoring import CollapseMonitor, MetricAccumulator, non_finite_error
 from .run_summary import final_metrics, training_summary
 from .schedules import DinoSchedules, ScheduleValues
 from .step import build_training_step, resolve_gradient_accumulation_steps
+from .time_budget import BudgetPlan, TimeBudget, schedule_position
 
 
 logger = logging.getLogger(__name__)
@@ -260,7 +264,9 @@ class DinoPretrainer:
 
     `step_callback(global_step, batch, output, model)`, if given, runs after every optimizer step and EMA update (on
     every process) with the step's `ImageBatch`, its `DinoSelfDistillationOutput` and the unwrapped model, e.g. to
-    inspect the data or stop the run by raising.
+    inspect the data or stop the run by raising. `started_at` (`time.time()` seconds): where `--time_budget_minutes`
+    counts from; default: this process's start. `recipe`: the `--recipe auto` choices (`{"flag", "value",
+    "reason"}` each), recorded in the summary and the model card.
     """
 
     def __init__(
@@ -269,9 +275,13 @@ class DinoPretrainer:
         data_args: DinoDataArguments,
         training_args: DinoTrainingArguments,
         step_callback: StepCallback | None = None,
+        started_at: float | None = None,
+        recipe: list[dict[str, Any]] | None = None,
     ) -> None:
         self.model_args, self.data_args, self.args = model_args, data_args, training_args
+        self.recipe = recipe
         self.step_callback = step_callback
+        self.started_at = started_at if started_at is not None else process_start_time()
         self.output_dir = Path(training_args.output_dir)
         self.global_step, self.images_seen, self.history, self.stream_state = 0, 0, [], None
         self.metrics, self.data_stats = MetricAccumulator(), _DataStatsLog()
@@ -302,6 +312,9 @@ class DinoPretrainer:
         self.steps_per_epoch = resolve_steps_per_epoch(args, self.data_args, self.source, self.total_batch)
         self.schedules = build_schedules(args, self.steps_per_epoch, self.total_batch)
         self.max_steps = self.schedules.total_steps if args.max_steps < 0 else args.max_steps
+        self.budget, self.plan = None, None
+        if args.time_budget_minutes is not None:  # the length comes from the budget, once measured
+            self.budget, self.max_steps = TimeBudget(args.time_budget_minutes, self.started_at), _UNPLANNED
         self.crop_config = multicrop_config(self.data_args)
         self._build_model()
         self.augment = DinoMultiCropAugmentation(self.crop_config).to(accelerator.device)
@@ -347,6 +360,9 @@ class DinoPretrainer:
         )
         self.global_step, self.images_seen, self.history = point.global_step, point.images_seen, point.history
         self.stream_state = point.stream_states
+        if point.time_budget is not None:  # a budgeted run keeps the plan it started with
+            self.budget = None
+            self._apply_plan(BudgetPlan.from_dict(point.time_budget))
         logger.info("Resumed from %s at step %d.", point.checkpoint, self.global_step)
 
     # ------------------------------------------------------------------------------------------------ 3. train
@@ -354,8 +370,11 @@ class DinoPretrainer:
         """Run `train_step_and_log` on every micro-batch until `max_steps` optimizer steps."""
         self.loader = self._build_loader()
         self._start_monitors()
+        knn_start = time.perf_counter()
         if self.global_step == 0 and self.data_args.knn_at_start_and_end:
             self.run_knn()  # the random-initialisation baseline
+        if self.budget is not None:
+            self.budget.begin(self.global_step, self._finish_estimate(time.perf_counter() - knn_start))
         self.model.train()
         self.window_start, self.window_images = time.perf_counter(), 0
         self.last_stream_state = self.loader.state_dict()
@@ -400,7 +419,7 @@ class DinoPretrainer:
             )
         self.collapse = CollapseMonitor(out_dim=self.dino.config.out_dim)
         self.progress = tqdm(
-            total=self.max_steps,
+            total=None if self.max_steps == _UNPLANNED else self.max_steps,
             initial=self.global_step,
             disable=not (accelerator.is_main_process and args.progress_bar),
             desc="pretraining",
@@ -420,7 +439,7 @@ class DinoPretrainer:
     def train_step_and_log(self, batch) -> None:
         """One micro-batch: crops on the device, the training step; after an optimizer step, the metrics, the log,
         the k-NN evaluation and the checkpoint when they are due."""
-        values = self.schedules(self.images_seen / self.total_batch)  # = global_step unless resumed at another batch
+        values = self.schedules(self._schedule_position())
         self.data_stats.add(batch.stats)
         batch = batch.to(self.accelerator.device, non_blocking=True)
         crops = self.augment(batch.images, batch.sizes, generator=self.generator)
@@ -431,6 +450,7 @@ class DinoPretrainer:
             return  # a micro-batch of gradient accumulation
         self.global_step += 1
         self.images_seen += self.total_batch
+        self._follow_budget()
         output = step.output
         self.metrics.add(
             non_finite=step.non_finite,
@@ -484,7 +504,10 @@ class DinoPretrainer:
         """k-NN top-1 of the teacher on the main process; the others wait at the barrier."""
         if self.knn_monitor is not None:
             accuracy = self.knn_monitor(self.dino.teacher.backbone)
-            self.history.append({"step": self.global_step, "knn_top1": accuracy})
+            record = {"step": self.global_step, "knn_top1": accuracy}
+            if self.global_step == 0:  # the floor the learned features should clear, next to the random network's
+                record["pixel_knn_top1"] = self.knn_monitor.pixel_baseline()
+            self.history.append(record)
             self.accelerator.log({"eval/knn_top1": accuracy}, step=self.global_step)
             logger.info("step %d: k-NN top-1 of the teacher %.2f%%", self.global_step, 100 * accuracy)
         self.accelerator.wait_for_everyone()
@@ -502,6 +525,7 @@ class DinoPretrainer:
             "base_model": self.start.base_model,
             "images_seen": self.images_seen,
             "total_batch": self.total_batch,
+            "time_budget": self.plan.to_dict() if self.plan is not None else None,
         }
         path = ckpt.save_training_checkpoint(
             self.accelerator,
@@ -516,6 +540,51 @@ class DinoPretrainer:
         )
         if path is not None:
             logger.info("Saved %s", path)
+
+    # ------------------------------------------------------------------------------------------------ time budget
+    def _schedule_position(self) -> float:
+        """The step the schedules are evaluated at: images seen / total batch (= global_step unless resumed with
+        another batch), held at 0 while a time budget measures, then counted from its plan."""
+        position = self.images_seen / self.total_batch
+        if self.args.time_budget_minutes is None:
+            return position
+        return schedule_position(position, self.plan, measuring=self.plan is None)
+
+    def _follow_budget(self) -> None:
+        """At the budget's decision steps every process measures and the main process's plan is applied by all."""
+        if self.budget is None or not self.budget.is_decision_step(self.global_step):
+            return
+        total = self.budget.observe(self.global_step, accept=False) or 0
+        if self.world_size > 1:
+            total = broadcast_count(self.accelerator, total)
+        self.budget.accept(self.global_step, total or None)
+        if total:
+            self._apply_plan(self.budget.plan)
+
+    def _apply_plan(self, plan: BudgetPlan) -> None:
+        self.plan, self.max_steps = plan, plan.total_steps
+        self.schedules = replace(self.schedules, steps_per_epoch=plan.schedule_steps / self.schedules.epochs)
+        if hasattr(self, "progress"):
+            self.progress.total = plan.total_steps
+            self.progress.refresh()
+        logger.info(
+            "Time budget %.3g min: %.3f s per step, %d steps planned (the schedules span steps %d-%d), %.0f s kept "
+            "for the end of the run.",
+            plan.minutes,
+            plan.seconds_per_step,
+            plan.total_steps,
+            plan.schedule_offset,
+            plan.total_steps,
+            plan.finish_seconds,
+        )
+
+    def _finish_estimate(self, knn_seconds: float) -> float:
+        """Seconds the end of the run takes: the last k-NN evaluation (as long as the first, which also decoded the
+        images: an overestimate), the checkpoint (weights and AdamW state, ~16 bytes a parameter) and the export,
+        at a conservative 50 MB/s, plus 1 s for the card and its pictures (measured: 0.1 s on a tiny model)."""
+        knn = knn_seconds if (self.data_args.knn_every_steps or self.data_args.knn_at_start_and_end) else 0.0
+        parameters = sum(p.numel() for p in self.dino.parameters())
+        return knn + 1.0 + parameters * 16 / 50e6
 
     # ------------------------------------------------------------------------------------------------ 4. finish
     def finish(self) -> PretrainingResult:
@@ -539,6 +608,7 @@ class DinoPretrainer:
             self.world_size,
             self.hub_model_id,
             base_model=self.start.base_model,
+            recipe=self.recipe,
         )
         # Export and upload on the main process; a failure there raises on every process instead of hanging them.
         result.export_dir = run_on_main_process(
@@ -573,12 +643,14 @@ def pretrain(
     data_args: DinoDataArguments,
     training_args: DinoTrainingArguments,
     step_callback: StepCallback | None = None,
+    started_at: float | None = None,
+    recipe: list[dict[str, Any]] | None = None,
 ) -> PretrainingResult:
     """Pretrain DINO; returns where the checkpoints and the exported teacher backbone are, and the metrics.
 
-    `step_callback`: see `DinoPretrainer`.
+    `step_callback`, `started_at`, `recipe`: see `DinoPretrainer`.
     """
-    trainer = DinoPretrainer(model_args, data_args, training_args, step_callback)
+    trainer = DinoPretrainer(model_args, data_args, training_args, step_callback, started_at, recipe)
     try:
         trainer.setup()
         trainer.resume()
@@ -587,6 +659,17 @@ def pretrain(
     except BaseException as error:  # with many processes: name the failing process, bound this one's exit
         report_failure(getattr(trainer, "accelerator", None), error)
         raise
+
+
+# max_steps of a budgeted run before its plan: larger than any run
+_UNPLANNED = 2**62
+
+
+def process_start_time() -> float:
+    """When this process started (`time.time()` seconds): a time budget counts the imports and data preparation."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _format_record(record: dict) -> str:

@@ -336,8 +336,60 @@ def test_eval_loader_splits_ranks_and_honours_max_images(embedded_validation):
         _ids(build_eval_loader(embedded_validation, 4, num_workers=0, rank=r, world_size=2, max_images=9))
         for r in (0, 1)
     ]
-    assert sorted(first[0] + first[1]) == sorted(_ids(build_eval_loader(embedded_validation, 50, num_workers=0))[:9])
+    assert sorted(first[0] + first[1]) == sorted(_ids(build_eval_loader(embedded_validation, 50, num_workers=0,
+                                                                     max_images=9)))  # fmt: skip
     assert len(first[0]) == 5 and len(first[1]) == 4
+
+
+def _class_sorted_parquet(folder, files=1, per_class=10, classes=6):
+    """`classes` classes of `per_class` images each, stored class after class (as an image folder lists them),
+    over `files` parquet files."""
+    labels = [c for c in range(classes) for _ in range(per_class)]
+    images = [encode(smooth_image(20, 20, seed=i)) for i in range(len(labels))]
+    step = len(labels) // files
+    return [
+        write_parquet(
+            folder / f"part-{f}.parquet", images[f * step : (f + 1) * step], labels[f * step : (f + 1) * step]
+        )
+        for f in range(files)
+    ]
+
+
+def test_evenly_spread_indices_are_seeded_distinct_and_cover_every_stratum():
+    from dino_hf.data import evenly_spread_indices
+
+    picked = evenly_spread_indices(60, 12, seed=3)
+    assert picked == evenly_spread_indices(60, 12, seed=3) != evenly_spread_indices(60, 12, seed=4)
+    assert len(set(picked)) == 12 and picked == sorted(picked)
+    assert [i // 5 for i in picked] == list(range(12))  # one in each fifth of the range
+    assert evenly_spread_indices(7, 10) == list(range(7))
+    assert sorted(set(evenly_spread_indices(1000, 999))) == evenly_spread_indices(1000, 999)
+
+
+def test_eval_loader_max_images_spreads_over_a_class_sorted_folder(tmp_path):
+    # The first 12 records in storage order hold 2 of the 6 classes: the k-NN bank of a class-sorted folder was
+    # that. The limit now takes a seeded subset spread over the whole split: 2 images of every class.
+    (path,) = _class_sorted_parquet(tmp_path)
+    source = load_image_dataset(path, streaming=False)
+    labels = torch.cat([b.labels for b in build_eval_loader(source, 5, num_workers=0, max_images=12)])
+    assert sorted(labels.tolist()) == [c for c in range(6) for _ in range(2)]
+    ids = [_ids(build_eval_loader(source, 4, num_workers=0, max_images=12, seed=s)) for s in (0, 0, 1)]
+    assert ids[0] == ids[1] and ids[0] != ids[2]  # seeded: the same subset every time, another with another seed
+    parts = [_ids(build_eval_loader(source, 4, num_workers=0, max_images=12, rank=r, world_size=2)) for r in (0, 1)]
+    assert sorted(parts[0] + parts[1]) == sorted(ids[0])  # two processes share the same subset
+    assert all(i.startswith("train/row") for i in ids[0])  # ids name the rows of the whole split
+    rows = sorted(int(i.split("row")[1]) for i in ids[0])
+    assert [r // 5 for r in rows] == list(range(12))
+
+
+def test_eval_loader_max_images_of_a_stream_takes_every_file_and_warns(tmp_path, caplog):
+    _class_sorted_parquet(tmp_path, files=3)  # classes 0-1, 2-3, 4-5
+    source = load_image_dataset(str(tmp_path / "*.parquet"))
+    assert source.streaming
+    with caplog.at_level("WARNING"):
+        labels = torch.cat([b.labels for b in build_eval_loader(source, 6, num_workers=0, max_images=6)])
+    assert "is a stream" in caplog.text and "streaming=False" in caplog.text
+    assert len(labels) == 6 and {label // 2 for label in labels.tolist()} == {0, 1, 2}  # every file contributes
 
 
 def test_map_style_source_streams_the_same_records(tmp_path):

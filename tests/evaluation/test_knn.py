@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from dino_hf.evaluation import knn_classify, knn_evaluate, load_metric, top_k_accuracies
+from dino_hf.evaluation import (
+    PIXEL_BASELINE_SIZE,
+    knn_classify,
+    knn_evaluate,
+    load_metric,
+    pixel_features,
+    top_k_accuracies,
+)
 
 
 def brute_force_scores(train, train_labels, test, k, temperature, num_classes):
@@ -104,3 +111,27 @@ def test_local_evaluate_metrics_work_offline():
     )
     with pytest.raises(ValueError, match="Unknown local metric"):
         load_metric("f1")
+
+
+def test_pixel_features_match_their_definition():
+    """Area-pool to 16 x 16, flatten, subtract the image's own mean, L2-normalise: written out with loops."""
+    images = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    features = pixel_features(images)
+    for image, feature in zip(images, features):
+        pooled = torch.tensor(
+            [
+                [[float(image[c, 2 * i : 2 * i + 2, 3 * j : 3 * j + 3].mean()) for j in range(16)] for i in range(16)]
+                for c in range(3)
+            ]
+        ).flatten()
+        centred = pooled - pooled.mean()
+        torch.testing.assert_close(feature, centred / centred.norm(), rtol=1e-5, atol=1e-6)
+    assert PIXEL_BASELINE_SIZE == 16
+
+
+def test_pixel_features_ignore_brightness_but_not_content():
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(pixel_features(images * 1.0 + 0.3), pixel_features(images), atol=1e-6, rtol=0)
+    assert (pixel_features(images)[0] @ pixel_features(images)[1]).abs() < 0.5
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        pixel_features(images[0])

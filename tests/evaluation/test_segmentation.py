@@ -94,6 +94,17 @@ def test_embedded_split_with_masks(tmp_path):
         assert images[0].size == (64, 64) and set(np.unique(masks[0])) == {0, label + 1}
 
 
+def test_a_sample_limit_spreads_over_a_sorted_folder(tmp_path):
+    write_folder(tmp_path / "data", "train", count=6)  # image i's mask is class i: a folder sorted by class
+    picked = [
+        [int(m[5, 5]) for _, batch in load_segmentation_split(str(tmp_path / "data"), "train", max_samples=2).batches(2)
+         for m in batch]
+        for _ in range(2)
+    ]  # fmt: skip
+    assert picked[0] == picked[1]  # seeded
+    assert picked[0][0] < 3 <= picked[0][1]  # one from each half, not the first two (classes 0 and 1)
+
+
 def write_folder(root, split, count=3, size=(24, 16)):
     rng = np.random.default_rng(0)
     (root / split / "images").mkdir(parents=True)

@@ -90,6 +90,8 @@ def test_pretrain_end_to_end_exports_a_loadable_model(tmp_path, embedded_cache):
     knn = [r["knn_top1"] for r in result.history if "knn_top1" in r]
     assert len(knn) == 2 and all(0.0 <= v <= 1.0 for v in knn)
     assert result.final_metrics["knn_top1_at_start"] == knn[0]
+    assert 0.0 <= result.final_metrics["pixel_knn_top1"] <= 1.0  # the raw pixels' k-NN, measured at step 0
+    assert "pixel_knn_top1" in result.history[0] and result.history[0]["step"] == 0
 
     export = result.export_dir
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_dino.py"):
@@ -104,6 +106,7 @@ def test_pretrain_end_to_end_exports_a_loadable_model(tmp_path, embedded_cache):
         torch.testing.assert_close(vit(pixels).last_hidden_state[:, 0], expected, atol=1e-5, rtol=1e-5)
     card = (export / "README.md").read_text()
     assert "pipeline_tag: image-feature-extraction" in card and "| steps | 8 |" in card and "knn_top1" in card
+    assert "pixel_knn_top1" in card
     processor = json.loads((export / "preprocessor_config.json").read_text())
     assert processor["crop_size"] == {"height": 32, "width": 32}
     assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
@@ -229,11 +232,21 @@ def test_resnet50_recipe_trains_two_steps_and_exports_a_resnet(tmp_path, embedde
             "config_overrides": "resnet_embedding_size=8,resnet_hidden_sizes=[16,32,32,64],resnet_depths=[1,1,1,1],"
             "head_hidden_dim=32,head_bottleneck_dim=16",
         },
-        data={"global_crops_scale": [0.14, 1.0], "local_crops_scale": [0.05, 0.14]},
+        data={
+            "global_crops_scale": [0.14, 1.0],
+            "local_crops_scale": [0.05, 0.14],
+            # The k-NN monitor reads a ResNet's pooled feature (it failed on the (N, C, 1, 1) map at step 0).
+            "knn_at_start_and_end": True,
+            "knn_train_samples": 40,
+            "knn_eval_samples": 20,
+            "knn_k": 5,
+        },
         training={"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "weight_decay_end": 1e-4, "max_steps": 2},
     )
     result = pretrain(*args)
     assert result.global_step == 2 and all(math.isfinite(v) for v in losses(result.history))
+    knn = [r["knn_top1"] for r in result.history if "knn_top1" in r]
+    assert len(knn) == 2 and all(0.0 <= v <= 1.0 for v in knn)
     assert result.model.config.backbone == "resnet" and result.model.config.resnet_depths == [1, 1, 1, 1]
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def _parse(argv):
-    model_args, data_args, training_args, _ = parse_arguments(argv)
+    model_args, data_args, training_args, *_ = parse_arguments(argv)
     return {**asdict(model_args), **asdict(data_args), **asdict(training_args)}
 
 
