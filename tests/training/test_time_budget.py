@@ -127,7 +127,7 @@ def test_a_tiny_run_fits_its_budget_and_lays_the_schedules_over_it(tmp_path, emb
     last = steps[-1]
     if plan.schedule_steps < 10:  # only on a machine so loaded that a tiny model takes seconds a step
         return
-    assert 0.75 * 4 <= last["epoch"] <= 4 * (1 - 1 / plan.schedule_steps) + 1e-6
+    assert 0.75 * 4 <= last["epoch"] <= 4 * (1 - 1 / plan.schedule_steps) + 1e-4  # the log rounds to 4 decimals
     assert last["lr"] < 0.5 * max(r["lr"] for r in steps) and last["momentum"] > 0.999
     assert result.final_metrics["pixel_knn_top1"] >= 0.0
 
