@@ -347,13 +347,17 @@ def load_image_dataset(
     )
 
 
-def first_image(source: ImageSource) -> Image.Image:
-    """The first image of `source` in storage order, decoded as RGB (e.g. the picture of a model card)."""
-    record = next(iter(source.dataset))[source.image_column]
-    data = record.get("bytes") if isinstance(record, dict) else None
-    path = record.get("path") if isinstance(record, dict) else None
+def record_image(value: Any) -> Image.Image:
+    """An undecoded image column value (`{"bytes", "path"}`, see [`ImageSource`]) decoded as RGB."""
+    data = value.get("bytes") if isinstance(value, dict) else None
+    path = value.get("path") if isinstance(value, dict) else None
     image = Image.open(io.BytesIO(data)) if data else Image.open(path)
     return image.convert("RGB")
+
+
+def first_image(source: ImageSource) -> Image.Image:
+    """The first image of `source` in storage order, decoded as RGB (e.g. the picture of a model card)."""
+    return record_image(next(iter(source.dataset))[source.image_column])
 
 
 __all__ = [
@@ -363,6 +367,7 @@ __all__ = [
     "ImageSource",
     "find_image_column",
     "first_image",
+    "record_image",
     "load_image_dataset",
     "open_dataset",
 ]

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.sources import record_image
 from .recipes import recipe_defaults
 
 
@@ -112,11 +112,8 @@ def sample_images(source: Any, count: int) -> list[Image.Image]:
         records = [dataset[int(i)] for i in np.unique(np.linspace(0, size - 1, num=min(count, size)).astype(int))]
     images = []
     for record in records:
-        value = record[source.image_column]
         try:
-            data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, None)
-            image = Image.open(io.BytesIO(data)) if data else Image.open(path)
-            images.append(image.convert("RGB"))
+            images.append(record_image(record[source.image_column]))
         except (OSError, ValueError, TypeError):
             continue
     return images
