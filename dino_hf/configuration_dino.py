@@ -23,6 +23,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "resnet50": {"backbone": "resnet"},
 }
 BACKBONES = ("vit", "resnet")
+# How the teacher targets avoid collapse: the paper's running center, or DINOv2's Sinkhorn-Knopp normalisation.
+CENTERINGS = ("center", "sinkhorn_knopp")
 # DinoConfig fields of the projection head's architecture: a backbone does not fix them, a pretrained head does.
 HEAD_FIELDS = (
     "out_dim",
@@ -85,6 +87,13 @@ class DinoConfig(BackboneConfigMixin, PreTrainedConfig):
         teacher_temp (`float`, defaults to 0.07): teacher softmax temperature after warm-up (the paper warms it up
             linearly from 0.04 over the first 30 epochs).
         center_momentum (`float`, defaults to 0.9): momentum of the teacher-output center.
+        centering (`str`, defaults to `"center"`): how the teacher's outputs are kept from collapsing: `"center"`,
+            the paper's running center subtracted before the sharpened softmax; or `"sinkhorn_knopp"`, DINOv2's
+            Sinkhorn-Knopp normalisation of each batch, whose targets use every prototype equally (the center is then
+            not used).
+        sinkhorn_iterations (`int`, defaults to 3): Sinkhorn-Knopp iterations (DINOv2's value).
+        koleo_loss_weight (`float`, defaults to 0.0): weight of DINOv2's KoLeo regulariser, which spreads the
+            student's features of each global view over the sphere (0: off, the paper; DINOv2 uses 0.1).
 
     Classification ([`DinoForImageClassification`], linear evaluation):
         n_last_blocks (`int`, *optional*): blocks whose [CLS] tokens make the linear-evaluation features. Defaults by
@@ -150,6 +159,9 @@ class DinoConfig(BackboneConfigMixin, PreTrainedConfig):
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     center_momentum: float = 0.9
+    centering: str = "center"
+    sinkhorn_iterations: int = 3
+    koleo_loss_weight: float = 0.0
 
     n_last_blocks: int | None = None
     avgpool_patchtokens: bool | None = None
@@ -233,6 +245,14 @@ class DinoConfig(BackboneConfigMixin, PreTrainedConfig):
                 raise ValueError(f"DinoConfig.{name} must be a positive temperature, got {getattr(self, name)!r}.")
         if not 0.0 <= self.center_momentum <= 1.0:
             raise ValueError(f"DinoConfig.center_momentum must be in [0, 1], got {self.center_momentum!r}.")
+        if self.centering not in CENTERINGS:
+            raise ValueError(f"DinoConfig.centering must be one of {CENTERINGS}, got {self.centering!r}.")
+        if not self.koleo_loss_weight >= 0:
+            raise ValueError(f"DinoConfig.koleo_loss_weight must be >= 0, got {self.koleo_loss_weight!r}.")
+        if isinstance(self.sinkhorn_iterations, bool) or not self.sinkhorn_iterations >= 1:
+            raise ValueError(
+                f"DinoConfig.sinkhorn_iterations must be a positive integer, got {self.sinkhorn_iterations!r}."
+            )
 
     def _check_linear_features(self) -> None:
         if isinstance(self.n_last_blocks, bool) or not 1 <= self.n_last_blocks <= self.num_hidden_layers:

@@ -51,7 +51,16 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revi
 # Further arguments a transformers ViTModel (or ResNetModel) load takes as they are.
 _VIT_LOAD_KWARGS = (*_HUB_KWARGS, "dtype", "torch_dtype", "weights_only", "use_safetensors")
 # Fields `from_pretrained` of a backbone as DinoForSelfDistillation takes as keyword arguments.
-_NEW_HEAD_KWARGS = (*HEAD_FIELDS, "student_temp", "teacher_temp", "center_momentum", "drop_path_rate")
+_NEW_HEAD_KWARGS = (
+    *HEAD_FIELDS,
+    "student_temp",
+    "teacher_temp",
+    "center_momentum",
+    "centering",
+    "sinkhorn_iterations",
+    "koleo_loss_weight",
+    "drop_path_rate",
+)
 # Backbone fields that choose the feature maps, not the weights (BackboneConfigMixin's, and DINO's flags).
 _FEATURE_MAP_KWARGS = ("out_features", "out_indices", "apply_layernorm", "reshape_hidden_states")
 

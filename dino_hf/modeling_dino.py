@@ -899,9 +899,21 @@ class DinoLoss(nn.Module):
     ```
     """
 
-    def __init__(self, student_temp: float = 0.1) -> None:
+    def __init__(self, student_temp: float = 0.1, centering: str = "center", sinkhorn_iterations: int = 3) -> None:
         super().__init__()
         self.student_temp = student_temp
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
+
+    def teacher_log_targets(
+        self, teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float | torch.Tensor
+    ) -> torch.Tensor:
+        """`(N, K)` float32 log-probabilities of the teacher's targets: `log_softmax((g_t - c) / tau_t)`, or with
+        `centering="sinkhorn_knopp"` [`log_sinkhorn_knopp`]`(g_t / tau_t)` (the center is then ignored)."""
+        logits = teacher_logits.detach().float()
+        if self.centering == "sinkhorn_knopp":
+            return log_sinkhorn_knopp(logits / teacher_temp, self.sinkhorn_iterations)
+        return F.log_softmax((logits - center.float()) / teacher_temp, dim=-1)
 
     def forward(
         self,
@@ -955,9 +967,7 @@ class DinoLoss(nn.Module):
         if isinstance(teacher_temp, torch.Tensor):
             teacher_temp = teacher_temp.float()
         with torch.no_grad():
-            teacher_log_probs = F.log_softmax(
-                (teacher_logits.detach().float() - center.float()) / teacher_temp, dim=-1
-            )
+            teacher_log_probs = self.teacher_log_targets(teacher_logits, center, teacher_temp)
             teacher_probs = teacher_log_probs.exp()
         student_log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
 
@@ -974,6 +984,51 @@ class DinoLoss(nn.Module):
             mean_probs = teacher_probs.mean(dim=0)
             mean_entropy = -(mean_probs * mean_probs.clamp_min(1e-30).log()).sum()
         return DinoLossOutput(loss=loss, teacher_entropy=entropy, kl_divergence=kl, teacher_mean_entropy=mean_entropy)
+
+
+@torch.no_grad()
+def log_sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's Sinkhorn-Knopp teacher targets, as log-probabilities: `(N, K)` scores (logits / temperature) in,
+    `(N, K)` float32 `log Q` out, the way `log_softmax` is to `softmax`.
+
+    `Q = exp(scores)` is scaled alternately so that every prototype gets the same total mass (columns sum to N / K)
+    and every row is a distribution (rows sum to 1, exactly, after the last iteration): the targets use every prototype
+    equally, per batch, instead of by a running center, so they can collapse neither to uniform rows nor to one
+    prototype. The same iterates as DINOv2's `sinkhorn_knopp_teacher`, computed in the log domain so that large
+    scores cannot overflow. Across processes the column sums and N are all-reduced (the batch is the global one).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf.modeling_dino import log_sinkhorn_knopp
+    >>> targets = log_sinkhorn_knopp(torch.randn(8, 4) / 0.07).exp()
+    >>> targets.sum(dim=1)
+    tensor([1., 1., 1., 1., 1., 1., 1., 1.])
+    ```
+    """
+    with float32_region(scores):
+        log_q = scores.float()
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        num_rows = log_q.new_tensor(float(log_q.shape[0]))
+        if distributed:
+            dist.all_reduce(num_rows)
+        log_column_mass = (num_rows / log_q.shape[1]).log()
+        for _ in range(iterations):
+            log_q = log_q - _column_logsumexp(log_q, distributed) + log_column_mass
+            log_q = log_q - log_q.logsumexp(dim=1, keepdim=True)
+        return log_q
+
+
+def _column_logsumexp(log_q: torch.Tensor, distributed: bool) -> torch.Tensor:
+    """`(1, K)` log of the column sums of `exp(log_q)`, over the rows of every process."""
+    peak = log_q.amax(dim=0, keepdim=True)
+    if distributed:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    sums = (log_q - peak).exp().sum(dim=0, keepdim=True)
+    if distributed:
+        dist.all_reduce(sums)
+    return peak + sums.log()
 
 
 class DinoCenter(nn.Module):
@@ -1097,9 +1152,37 @@ class DinoBackboneWithHead(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, *crops: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, *crops: torch.Tensor | None, return_features: bool = False):
+        """`(N, out_dim)` logits of all crops in order; with `return_features`, also their `(N, feature_size)`
+        backbone features."""
         features = [backbone_features(self.backbone, c) for c in crops if c is not None]
-        return self.head(torch.cat(features) if len(features) > 1 else features[0])
+        features = torch.cat(features) if len(features) > 1 else features[0]
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """DINOv2's KoLeo regulariser (Kozachenko-Leonenko entropy estimator) of one view: `-mean_i log(d_i + eps)`,
+    where `d_i` is the distance from the L2-normalised `features[i]` to its nearest neighbour in the batch.
+    Minimising it spreads the `(B, D)` features uniformly over the sphere. Float32 under any autocast.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dino_hf.modeling_dino import koleo_loss
+    >>> koleo_loss(torch.eye(4))  # four orthogonal unit vectors: every neighbour at distance sqrt(2)
+    tensor(-0.3466)
+    ```
+    """
+    with float32_region(features):
+        features = F.normalize(features.float(), dim=-1, eps=eps)
+        with torch.no_grad():
+            similarities = features @ features.T
+            similarities.fill_diagonal_(-2.0)
+            nearest = similarities.argmax(dim=1)
+        distances = (features - features[nearest] + eps).norm(dim=-1)
+        return -(distances + eps).log().mean()
 
 
 @dataclass
@@ -1108,7 +1191,9 @@ class DinoSelfDistillationOutput(ModelOutput):
     Output of [`DinoForSelfDistillation`].
 
     Args:
-        loss (`torch.FloatTensor` scalar): the DINO loss.
+        loss (`torch.FloatTensor` scalar): the DINO loss, plus `koleo_loss_weight * koleo_loss` when that is on.
+        koleo_loss (`torch.FloatTensor` scalar, *optional*): the KoLeo regulariser summed over the global views (only
+            when `config.koleo_loss_weight > 0`).
         teacher_entropy (`torch.FloatTensor` scalar): mean entropy of the teacher distributions.
         kl_divergence (`torch.FloatTensor` scalar): mean KL(teacher || student) over the loss pairs.
         teacher_mean_entropy (`torch.FloatTensor` scalar): entropy of the batch-mean teacher distribution.
@@ -1121,6 +1206,7 @@ class DinoSelfDistillationOutput(ModelOutput):
     teacher_entropy: torch.FloatTensor | None = None
     kl_divergence: torch.FloatTensor | None = None
     teacher_mean_entropy: torch.FloatTensor | None = None
+    koleo_loss: torch.FloatTensor | None = None
     student_logits: torch.FloatTensor | None = None
     teacher_logits: torch.FloatTensor | None = None
 
@@ -1157,7 +1243,7 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
             teacher_backbone.encoder.disable_drop_path()
         self.teacher = DinoBackboneWithHead(teacher_backbone, DinoHead.from_config(config))
         self.center = DinoCenter(config.out_dim, config.center_momentum)
-        self.loss_fn = DinoLoss(config.student_temp)
+        self.loss_fn = DinoLoss(config.student_temp, config.centering, config.sinkhorn_iterations)
         self.post_init()
         self.copy_student_to_teacher()
         self._ema_params: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -1248,17 +1334,24 @@ class DinoForSelfDistillation(DinoPreTrainedModel):
 
         with torch.no_grad():
             teacher_logits = self.teacher(global_crops)
-        student_logits = self.student(global_crops, local_crops)
+        student_logits, student_features = self.student(global_crops, local_crops, return_features=True)
         loss_output = self.loss_fn(
             student_logits, teacher_logits, self.center.center, teacher_temp, num_teacher_views=num_global_crops
         )
-        if update_center:
+        loss, koleo = loss_output.loss, None
+        if self.config.koleo_loss_weight > 0:
+            # Summed over the global views, each its own batch (as DINOv2: never between two views of one image).
+            views = student_features[: global_crops.shape[0]].chunk(num_global_crops)
+            koleo = torch.stack([koleo_loss(view) for view in views]).sum()
+            loss = loss + self.config.koleo_loss_weight * koleo
+        if update_center and self.config.centering == "center":
             self.center.accumulate(teacher_logits)
             if commit_center:
                 self.center.commit()
 
         output = DinoSelfDistillationOutput(
-            loss=loss_output.loss,
+            loss=loss,
+            koleo_loss=koleo,
             teacher_entropy=loss_output.teacher_entropy,
             kl_divergence=loss_output.kl_divergence,
             teacher_mean_entropy=loss_output.teacher_mean_entropy,

@@ -23,6 +23,7 @@ from dino_hf import (
     DinoLoss,
     DinoViTModel,
 )
+from dino_hf.modeling_dino import koleo_loss, log_sinkhorn_knopp
 from dino_hf.conversion import convert_reference_backbone_state_dict, convert_reference_network_state_dict
 from dino_hf.testing_utils import run_process_tree
 
@@ -340,6 +341,111 @@ def test_center_update_formula():
     expected = 0.9 * torch.arange(5.0)[None] + 0.1 * teacher.mean(0, keepdim=True)
     center.update(teacher)
     torch.testing.assert_close(center.center, expected)
+
+
+def sinkhorn_knopp_by_definition(scores, iterations):
+    # DINOv2's teacher normalisation as written there: Q = exp(scores)^T (K x N), Q /= sum(Q), then per iteration
+    # rows (prototypes) to 1/K and columns (samples) to 1/N; finally Q *= N. In float64.
+    q = scores.double().exp().T
+    q = q / q.sum()
+    k, n = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / q.sum(dim=0, keepdim=True) / n
+    return (q * n).T
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 10])
+def test_sinkhorn_knopp_matches_its_definition(iterations):
+    scores = torch.randn(12, 5) / 0.07
+    targets = log_sinkhorn_knopp(scores, iterations).exp()
+    assert targets.dtype == torch.float32
+    torch.testing.assert_close(targets.double(), sinkhorn_knopp_by_definition(scores, iterations), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(12))
+
+
+def test_sinkhorn_knopp_uses_every_prototype_equally_where_softmax_does_not():
+    # Every image prefers prototype 0: a softmax sends all mass there, Sinkhorn-Knopp spreads it over the batch.
+    scores = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)) + torch.tensor([6.0, 0.0, 0.0, 0.0])
+    assert torch.softmax(scores, dim=1).mean(dim=0)[0] > 0.9
+    targets = log_sinkhorn_knopp(scores, 50).exp()
+    torch.testing.assert_close(targets.mean(dim=0), torch.full((4,), 0.25), atol=1e-3, rtol=0)
+    # Huge scores (a free last layer at a low temperature) neither overflow nor leave a row without a target.
+    huge = log_sinkhorn_knopp(scores * 1e4, 3)
+    assert torch.isfinite(huge).all()
+    torch.testing.assert_close(huge.exp().sum(dim=1), torch.ones(64))
+
+
+def test_loss_with_sinkhorn_knopp_centering_matches_definition_and_ignores_the_center():
+    batch, teacher_views, student_views, k, temp = 4, 2, 5, 6, 0.07
+    student, teacher = torch.randn(student_views * batch, k), torch.randn(teacher_views * batch, k)
+    loss_fn = DinoLoss(0.1, centering="sinkhorn_knopp", sinkhorn_iterations=3)
+    out = loss_fn(student, teacher, torch.randn(1, k), temp, num_teacher_views=teacher_views)
+    # All teacher views are normalised together, as DINOv2 does with the global crops.
+    targets = sinkhorn_knopp_by_definition(teacher / temp, 3).float()
+    pairs = [
+        -(targets[t * batch : (t + 1) * batch] * torch.log_softmax(student[s * batch : (s + 1) * batch] / 0.1, -1))
+        .sum(-1)
+        .mean()
+        for t in range(teacher_views)
+        for s in range(student_views)
+        if s != t
+    ]
+    torch.testing.assert_close(out.loss, torch.stack(pairs).mean())
+    entropy = -(targets * targets.log()).sum(-1).mean()
+    torch.testing.assert_close(out.teacher_entropy, entropy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = loss_fn(student.bfloat16(), teacher.bfloat16(), torch.zeros(1, k), temp, num_teacher_views=2)
+    assert half.loss.dtype == torch.float32
+    reference = loss_fn(student.bfloat16().float(), teacher.bfloat16().float(), torch.zeros(1, k), temp, 2)
+    torch.testing.assert_close(half.loss, reference.loss)
+
+
+def test_sinkhorn_knopp_centering_leaves_the_center_alone_and_is_validated():
+    model = DinoForSelfDistillation(tiny_config(centering="sinkhorn_knopp")).train()
+    out = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16))
+    out.loss.backward()
+    assert torch.count_nonzero(model.center.center) == 0
+    assert math.isfinite(out.loss.item())
+    with pytest.raises(ValueError, match="centering must be one of"):
+        tiny_config(centering="sinkhorn")
+    with pytest.raises(ValueError, match="sinkhorn_iterations"):
+        tiny_config(sinkhorn_iterations=0)
+
+
+def test_koleo_loss_matches_its_definition():
+    features = torch.randn(7, 5)
+    unit = features / features.norm(dim=1, keepdim=True)
+    distances = torch.cdist(unit.double(), unit.double()) + torch.eye(7, dtype=torch.float64) * 10
+    expected = -(distances.min(dim=1).values + 1e-8).log().mean()
+    torch.testing.assert_close(koleo_loss(features).double(), expected, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = koleo_loss(features.bfloat16())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, koleo_loss(features.bfloat16().float()))
+    # Spread-out features score lower than bunched ones.
+    assert koleo_loss(torch.eye(4)) < koleo_loss(torch.eye(4) + 3.0)
+
+
+def test_koleo_regulariser_adds_to_the_loss_and_trains_the_student_backbone():
+    torch.manual_seed(0)
+    model = DinoForSelfDistillation(tiny_config(koleo_loss_weight=0.1)).train()
+    plain = DinoForSelfDistillation(tiny_config()).train()
+    plain.load_state_dict(model.state_dict())
+    global_crops, local_crops = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)
+    out = model(global_crops, local_crops)
+    reference = plain(global_crops, local_crops)
+    assert reference.koleo_loss is None
+    with torch.no_grad():
+        features = model.student.backbone.get_cls_features(global_crops)
+    expected = koleo_loss(features[:2]) + koleo_loss(features[2:])
+    torch.testing.assert_close(out.koleo_loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, reference.loss + 0.1 * expected, rtol=1e-5, atol=1e-6)
+    out.koleo_loss.backward()
+    assert model.student.backbone.embeddings.cls_token.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.student.head.parameters())
+    with pytest.raises(ValueError, match="koleo_loss_weight"):
+        tiny_config(koleo_loss_weight=-1.0)
 
 
 def test_full_model_matches_reference_step(reference):

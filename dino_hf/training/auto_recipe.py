@@ -37,6 +37,9 @@ from .recipes import recipe_defaults
 PAPER_SCALE_IMAGES = 250_000
 # Images sampled to measure sizes and colour: enough for a stable median, a second to read.
 PROFILE_SAMPLE = 64
+# Global crop side of the small-data recipe, whatever the image size: smaller images are upsampled to it. The
+# ResNet's output stride is 32, so at 32 px its last stage would see a single position (measured: docs/own_images.md).
+GLOBAL_CROP = 64
 # Mean absolute difference between colour channels (0-255) above which a dataset counts as colour.
 COLOR_THRESHOLD = 4.0
 
@@ -137,7 +140,6 @@ def auto_recipe(data: DataProfile, machine: MachineProfile, time_budget_minutes:
 
 
 def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: float | None) -> list[Choice]:
-    global_crop = _global_crop_size(data.image_side)
     batch = 64 if machine.device == "cpu" else 256
     scale = f"{data.image_side} px images"
     choices = [
@@ -150,18 +152,23 @@ def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: floa
         Choice(
             "config_overrides",
             "resnet_embedding_size=32,resnet_hidden_sizes=[32,64,128,256],resnet_depths=[1,1,1,1],"
-            "resnet_layer_type=basic,head_hidden_dim=512,head_bottleneck_dim=128",
-            "a ResNet-10 of basic blocks, widths 32-256 (1.2M parameters): many steps fit the budget",
+            "resnet_layer_type=basic,head_hidden_dim=512,head_bottleneck_dim=128,koleo_loss_weight=0.1",
+            "a ResNet-10 of basic blocks, widths 32-256 (1.2M parameters): many steps fit the budget; DINOv2's KoLeo "
+            "regulariser (0.1) spreads its features apart",
         ),
         Choice("out_dim", 1024, "few images: 1024 prototypes instead of 65536"),
         Choice("use_bn_in_head", True, "BatchNorm in the head, the paper's choice for convnets"),
-        Choice("global_crops_size", global_crop, f"{scale}: global crops at the image's own scale, capped at 64 px"),
-        Choice("local_crops_size", global_crop // 2, "local crops at half the global side, as 96/224 in the paper"),
+        Choice(
+            "global_crops_size",
+            GLOBAL_CROP,
+            f"{scale}: {GLOBAL_CROP} px global crops: the ResNet divides its input by 32, so its last stage sees 2 x 2",
+        ),
+        Choice("local_crops_size", GLOBAL_CROP // 2, "local crops at half the global side, as 96/224 in the paper"),
         Choice("local_crops_number", 4, "4 local crops: more views per image than compute can afford beyond"),
         Choice("local_crops_scale", [0.1, 0.4], "local crops cover 10-40% of the image"),
         Choice(
             "augmentation_overrides",
-            json.dumps({"blur_sigma": [round(0.1 * global_crop / 224, 3), round(2.0 * global_crop / 224, 3)]}),
+            json.dumps({"blur_sigma": [round(0.1 * GLOBAL_CROP / 224, 3), round(2.0 * GLOBAL_CROP / 224, 3)]}),
             "the paper's blur (0.1-2 px at 224 px) scaled to the crop",
         ),
         Choice("per_device_train_batch_size", batch, f"{machine.device}: {batch} images per step"),
@@ -186,11 +193,6 @@ def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: floa
         count = max(1, min(100, 1500 // steps))
         epochs = Choice("epochs", count, f"{data.num_images} images: {count} epochs of {steps} steps (~1500 steps)")
     return [*choices, epochs, Choice("warmup_epochs", 1, "one epoch of lr warm-up")]
-
-
-def _global_crop_size(image_side: int) -> int:
-    """The image's own side, rounded to a multiple of 8, between 32 and 64 px."""
-    return int(min(64, max(32, 8 * round(image_side / 8))))
 
 
 __all__ = ["Choice", "DataProfile", "MachineProfile", "auto_recipe", "sample_images"]

@@ -41,7 +41,7 @@ from .schedules import ScheduleValues
 logger = logging.getLogger(__name__)
 
 ACCUMULATION_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
-_MONITORED = ("loss", "teacher_entropy", "kl_divergence", "teacher_mean_entropy")
+_MONITORED = ("loss", "teacher_entropy", "kl_divergence", "teacher_mean_entropy", "koleo_loss")
 
 
 def resolve_gradient_accumulation_steps(flag: int | None) -> int:
@@ -154,6 +154,8 @@ class DinoTrainingStep:
     def _accumulate(self, output: DinoSelfDistillationOutput, last: bool) -> DinoSelfDistillationOutput:
         """Sum the monitoring scalars over the micro-batches; on the last one, return their means."""
         for name in _MONITORED:
+            if getattr(output, name) is None:
+                continue  # koleo_loss, when the regulariser is off
             value = getattr(output, name).detach()
             self._sums[name] = self._sums[name] + value if name in self._sums else value
         if not last:

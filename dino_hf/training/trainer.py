@@ -459,6 +459,7 @@ class DinoPretrainer:
             kl_divergence=output.kl_divergence,
             teacher_mean_entropy=output.teacher_mean_entropy,
             grad_norm=step.grad_norm,
+            **({"koleo_loss": output.koleo_loss} if output.koleo_loss is not None else {}),
         )
         self.progress.update(1)
         if self.step_callback is not None:
@@ -680,6 +681,7 @@ def _format_record(record: dict) -> str:
         "teacher_entropy",
         "kl_divergence",
         "teacher_mean_entropy",
+        "koleo_loss",
         "grad_norm",
         "lr",
         "weight_decay",

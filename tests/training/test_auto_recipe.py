@@ -28,6 +28,10 @@ def flags(data, machine=CPU, minutes=8.0):
     return {choice.flag: choice.value for choice in choices}
 
 
+def reasons(data, machine=CPU, minutes=8.0):
+    return {choice.flag: choice.reason for choice in auto_recipe(data, machine, minutes)}
+
+
 def small(**changes):
     return DataProfile(**{"num_images": 2000, "image_side": 64, "color": False, "labelled": True, **changes})
 
@@ -39,10 +43,11 @@ def test_imagenet_scale_on_gpus_is_the_papers_recipe():
     assert flags(small(num_images=1_281_167), CPU)["arch"] == "resnet50"  # a CPU cannot train the paper's recipe
 
 
-@pytest.mark.parametrize(("side", "global_crop"), [(28, 32), (48, 48), (64, 64), (90, 64), (500, 64)])
-def test_crops_follow_the_image_size(side, global_crop):
+@pytest.mark.parametrize("side", [28, 48, 64, 90, 500])
+def test_crops_are_sized_for_the_resnet_whatever_the_image_size(side):
     chosen = flags(small(image_side=side))
-    assert (chosen["global_crops_size"], chosen["local_crops_size"]) == (global_crop, global_crop // 2)
+    assert (chosen["global_crops_size"], chosen["local_crops_size"]) == (64, 32)
+    assert f"{side} px images: 64 px global crops" in reasons(small(image_side=side))["global_crops_size"]
 
 
 def test_batch_and_precision_follow_the_device():
@@ -91,7 +96,7 @@ def test_cli_recipe_auto_prints_its_choices_and_the_command_line_wins(tmp_path, 
     assert "--recipe auto: 12 images, median shorter side 40 px, grayscale, labelled" in printed
     assert "--local_crops_number 4: " in printed and "(overridden: given explicitly)" in printed
     assert command.data_args.local_crops_number == 2  # the command line wins
-    assert (command.data_args.global_crops_size, command.model_args.arch) == (40, "resnet50")
+    assert (command.data_args.global_crops_size, command.model_args.arch) == (64, "resnet50")
     assert command.training_args.time_budget_minutes == 8.0
     assert {"flag": "arch", "value": "resnet50"}.items() <= command.recipe[0].items()
 
