@@ -1004,7 +1004,7 @@ def log_sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tenso
     >>> from dino_hf.modeling_dino import log_sinkhorn_knopp
     >>> targets = log_sinkhorn_knopp(torch.randn(8, 4) / 0.07).exp()
     >>> targets.sum(dim=1)
-    tensor([1., 1., 1., 1., 1., 1., 1., 1.])
+    tensor([1.0000, 1.0000, 1.0000, 1.0000, 1.0000, 1.0000, 1.0000, 1.0000])
     ```
     """
     with float32_region(scores):
@@ -1192,23 +1192,23 @@ class DinoSelfDistillationOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` scalar): the DINO loss, plus `koleo_loss_weight * koleo_loss` when that is on.
-        koleo_loss (`torch.FloatTensor` scalar, *optional*): the KoLeo regulariser summed over the global views (only
-            when `config.koleo_loss_weight > 0`).
         teacher_entropy (`torch.FloatTensor` scalar): mean entropy of the teacher distributions.
         kl_divergence (`torch.FloatTensor` scalar): mean KL(teacher || student) over the loss pairs.
         teacher_mean_entropy (`torch.FloatTensor` scalar): entropy of the batch-mean teacher distribution.
         student_logits (`torch.FloatTensor` of shape `((G + L) * B, out_dim)`): student outputs, view-major, global
             views first.
         teacher_logits (`torch.FloatTensor` of shape `(G * B, out_dim)`): teacher outputs on the global views.
+        koleo_loss (`torch.FloatTensor` scalar, *optional*): the KoLeo regulariser summed over the global views (only
+            when `config.koleo_loss_weight > 0`).
     """
 
     loss: torch.FloatTensor | None = None
     teacher_entropy: torch.FloatTensor | None = None
     kl_divergence: torch.FloatTensor | None = None
     teacher_mean_entropy: torch.FloatTensor | None = None
-    koleo_loss: torch.FloatTensor | None = None
     student_logits: torch.FloatTensor | None = None
     teacher_logits: torch.FloatTensor | None = None
+    koleo_loss: torch.FloatTensor | None = None
 
 
 class DinoForSelfDistillation(DinoPreTrainedModel):

@@ -23,8 +23,8 @@ from dino_hf import (
     DinoLoss,
     DinoViTModel,
 )
-from dino_hf.modeling_dino import koleo_loss, log_sinkhorn_knopp
 from dino_hf.conversion import convert_reference_backbone_state_dict, convert_reference_network_state_dict
+from dino_hf.modeling_dino import koleo_loss, log_sinkhorn_knopp
 from dino_hf.testing_utils import run_process_tree
 
 
@@ -360,7 +360,9 @@ def test_sinkhorn_knopp_matches_its_definition(iterations):
     scores = torch.randn(12, 5) / 0.07
     targets = log_sinkhorn_knopp(scores, iterations).exp()
     assert targets.dtype == torch.float32
-    torch.testing.assert_close(targets.double(), sinkhorn_knopp_by_definition(scores, iterations), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        targets.double(), sinkhorn_knopp_by_definition(scores, iterations), rtol=1e-5, atol=1e-7
+    )
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(12))
 
 

@@ -152,9 +152,8 @@ def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: floa
         Choice(
             "config_overrides",
             "resnet_embedding_size=32,resnet_hidden_sizes=[32,64,128,256],resnet_depths=[1,1,1,1],"
-            "resnet_layer_type=basic,head_hidden_dim=512,head_bottleneck_dim=128,koleo_loss_weight=0.1",
-            "a ResNet-10 of basic blocks, widths 32-256 (1.2M parameters): many steps fit the budget; DINOv2's KoLeo "
-            "regulariser (0.1) spreads its features apart",
+            "resnet_layer_type=basic,head_hidden_dim=512,head_bottleneck_dim=128",
+            "a ResNet-10 of basic blocks, widths 32-256 (1.2M parameters): many steps fit the budget",
         ),
         Choice("out_dim", 1024, "few images: 1024 prototypes instead of 65536"),
         Choice("use_bn_in_head", True, "BatchNorm in the head, the paper's choice for convnets"),

@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import load_file
 from torchrun_helpers import run_two_processes
 
+from dino_hf.modeling_dino import log_sinkhorn_knopp
+
 
 def test_two_processes_keep_teacher_and_center_in_sync(tmp_path):
     run_two_processes(Path(__file__).parent / "distributed_worker.py", str(tmp_path), str(tmp_path / "cache"))
@@ -30,3 +32,10 @@ def test_two_processes_keep_teacher_and_center_in_sync(tmp_path):
     assert (checkpoint / "rng_state_0.json").exists() and (checkpoint / "rng_state_1.json").exists()
     trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert trainer_state["world_size"] == 2 and len(trainer_state["stream_states"]) == 2
+
+
+def test_sinkhorn_knopp_over_two_processes_is_the_global_batchs(tmp_path):
+    run_two_processes(Path(__file__).parent / "sinkhorn_worker.py", str(tmp_path))
+    halves = [load_file(str(tmp_path / f"sinkhorn{rank}.safetensors"))["log_targets"] for rank in (0, 1)]
+    scores = torch.randn(10, 6, generator=torch.Generator().manual_seed(0)) / 0.07
+    torch.testing.assert_close(torch.cat(halves), log_sinkhorn_knopp(scores, 3))
