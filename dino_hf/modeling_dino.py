@@ -1009,15 +1009,22 @@ def log_sinkhorn_knopp(scores: torch.Tensor, iterations: int = 3) -> torch.Tenso
     """
     with float32_region(scores):
         log_q = scores.float()
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        num_rows = log_q.new_tensor(float(log_q.shape[0]))
-        if distributed:
+        distributed = _in_process_group()
+        if distributed:  # N is the global batch; alone it stays a Python number (no host-to-device copy per step)
+            num_rows = log_q.new_tensor(float(log_q.shape[0]))
             dist.all_reduce(num_rows)
-        log_column_mass = (num_rows / log_q.shape[1]).log()
+            log_column_mass = (num_rows / log_q.shape[1]).log()
+        else:
+            log_column_mass = math.log(log_q.shape[0] / log_q.shape[1])
         for _ in range(iterations):
             log_q = log_q - _column_logsumexp(log_q, distributed) + log_column_mass
             log_q = log_q - log_q.logsumexp(dim=1, keepdim=True)
         return log_q
+
+
+def _in_process_group() -> bool:
+    """Whether statistics must be all-reduced: a `torch.distributed` group of more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _column_logsumexp(log_q: torch.Tensor, distributed: bool) -> torch.Tensor:
@@ -1083,7 +1090,7 @@ class DinoCenter(nn.Module):
             return
         batch_sum, count = self._pending_sum, self._pending_count
         self._pending_sum, self._pending_count = None, 0
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _in_process_group():
             dist.all_reduce(batch_sum)
             count *= dist.get_world_size()
         with float32_region(batch_sum):

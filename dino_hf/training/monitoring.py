@@ -50,7 +50,9 @@ class MetricAccumulator:
         self._count = 0
         self._non_finite: torch.Tensor | None = None
 
-    def add(self, non_finite: torch.Tensor | None = None, **values: torch.Tensor) -> None:
+    def add(self, non_finite: torch.Tensor | None = None, **values: torch.Tensor | None) -> None:
+        """Add one step's scalars; a `None` value (a metric this run does not compute, e.g. `koleo_loss`) is skipped."""
+        values = {name: value for name, value in values.items() if value is not None}
         for name, value in values.items():
             value = value.detach().float()
             self._sums[name] = self._sums[name] + value if name in self._sums else value.clone()

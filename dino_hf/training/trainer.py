@@ -459,7 +459,7 @@ class DinoPretrainer:
             kl_divergence=output.kl_divergence,
             teacher_mean_entropy=output.teacher_mean_entropy,
             grad_norm=step.grad_norm,
-            **({"koleo_loss": output.koleo_loss} if output.koleo_loss is not None else {}),
+            koleo_loss=output.koleo_loss,
         )
         self.progress.update(1)
         if self.step_callback is not None:
