@@ -18,8 +18,13 @@ Run from the repository root:
     python benchmarks/bench_train_step.py --preset tiny-cpu            # seconds on a CPU
     python benchmarks/bench_train_step.py --preset vits16-b64 --data embedded --num_workers 8
 
-Presets (2 x 224 + 10 x 96 crops, out_dim 65536 unless noted): vits16-b64, vits16-b128, vitb16-b64, and tiny-cpu
-(a 2-block width-64 ViT on 2 x 32 + 4 x 16 crops). Every preset value can be overridden by its flag.
+Presets (2 x 224 + 10 x 96 crops, out_dim 65536 unless noted): vits16-b64, vits16-b128, vitb16-b64, tiny-cpu
+(a 2-block width-64 ViT on 2 x 32 + 4 x 16 crops) and auto-cpu (the ResNet-10 `--recipe auto` trains on a small set
+on a CPU, 64 images of 2 x 64 + 4 x 32 crops). Every preset value can be overridden by its flag.
+`--memory_format contiguous` keeps a ResNet's weights NCHW, to measure what the trainer's channels-last gains:
+
+    python benchmarks/bench_train_step.py --preset auto-cpu --cpu
+    python benchmarks/bench_train_step.py --preset auto-cpu --cpu --memory_format contiguous
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ from step_measurement import compile_model, compile_stats, count_step_flops, par
 from dino_hf.configuration_dino import DinoConfig  # noqa: E402
 from dino_hf.modeling_dino import DinoForSelfDistillation  # noqa: E402
 from dino_hf.testing_utils import forbid_host_sync, fresh_accelerator, synthetic_crops, tiny_config  # noqa: E402
+from dino_hf.training.arguments import DinoDataArguments, DinoModelArguments  # noqa: E402
+from dino_hf.training.auto_recipe import DataProfile, MachineProfile, auto_recipe  # noqa: E402
 from dino_hf.training.schedules import DinoSchedules  # noqa: E402
+from dino_hf.training.trainer import build_model_config  # noqa: E402
 from dino_hf.training.step import DinoTrainingStep, build_training_step  # noqa: E402
 
 
@@ -69,6 +77,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup": 2,
         # Too small to gain from threads; on a shared machine OpenMP threads waiting for each other cost 100x.
         "threads": 1,
+    },
+    # The small-data network of `--recipe auto` on a 2-core CPU (a ResNet-10, BatchNorm head; 2 x 64 + 4 x 32 crops).
+    "auto-cpu": {
+        "arch": "auto",
+        "patch_size": 16,
+        "batch_size": 64,
+        "global_size": 64,
+        "local_size": 32,
+        "local_crops": 4,
+        "out_dim": 1024,
+        "drop_path_rate": 0.0,
+        "steps": 20,
+        "warmup": 3,
     },
 }
 DEFAULTS: dict[str, Any] = {
@@ -102,6 +123,7 @@ CONFIG_KEYS = (
     "compile_mode",
     "compile_backend",
     "gradient_checkpointing",
+    "memory_format",
     "clip_grad",
     "clip_grad_mode",
     "steps",
@@ -128,7 +150,11 @@ KNOWN_PEAK_TFLOPS: list[tuple[str, float, str]] = [
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="vits16-b64")
-    parser.add_argument("--arch", choices=["tiny", "vit_tiny", "vit_small", "vit_base"])
+    parser.add_argument(
+        "--arch",
+        choices=["tiny", "auto", "vit_tiny", "vit_small", "vit_base"],
+        help="tiny: the tests' ViT; auto: the network of --recipe auto on a small set and a CPU",
+    )
     parser.add_argument("--patch_size", type=int)
     parser.add_argument("--batch_size", type=int, help="images per step (per device)")
     parser.add_argument("--global_crops", type=int)
@@ -154,6 +180,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile_mode", default=None, help="torch.compile mode (default: None)")
     parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend (tests: aot_eager)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--memory_format",
+        choices=["default", "contiguous"],
+        default="default",
+        help="default: as the trainer (a ResNet channels-last); contiguous: every weight NCHW, to measure the gain",
+    )
     parser.add_argument("--clip_grad", type=float, default=3.0)
     parser.add_argument("--clip_grad_mode", choices=["per_parameter", "global"], default="per_parameter")
     parser.add_argument(
@@ -191,7 +223,20 @@ def build_config(args: argparse.Namespace) -> DinoConfig:
     }
     if args.arch == "tiny":
         return tiny_config(patch_size=args.patch_size, **overrides)  # the tests' 2-block, width-64 ViT
+    if args.arch == "auto":
+        return auto_recipe_config(args.global_size, args.out_dim)
     return DinoConfig.from_preset(args.arch, patch_size=args.patch_size, **overrides)
+
+
+def auto_recipe_config(global_size: int, out_dim: int) -> DinoConfig:
+    """The `DinoConfig` that `--recipe auto` trains on a small labelled grayscale set on a 2-core CPU, built from the
+    recipe's own flags (so the benchmark follows the recipe)."""
+    data = DataProfile(num_images=3000, image_side=28, color=False, labelled=True)
+    flags = {c.flag: c.value for c in auto_recipe(data, MachineProfile("cpu", 1, 2), time_budget_minutes=8)}
+    model_args = DinoModelArguments(
+        arch=flags["arch"], config_overrides=flags["config_overrides"], out_dim=out_dim, use_bn_in_head=True
+    )
+    return build_model_config(model_args, DinoDataArguments(global_crops_size=global_size))
 
 
 def flops_per_image(args: argparse.Namespace, config: DinoConfig) -> float:
@@ -312,6 +357,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gradient_checkpointing=args.gradient_checkpointing,
     )
     model, train_step = setup.model, setup.step
+    if args.memory_format == "contiguous":
+        for parameter in setup.dino.parameters():  # before the first step creates the optimizer's state
+            parameter.data = parameter.data.contiguous()
     compiled = []
     if args.compile_regions:
         compiled = compile_model(

@@ -32,3 +32,12 @@ def test_three_global_crops_reach_the_step():
     two = bench_train_step.main(base)
     three = bench_train_step.main([*base, "--global_crops", "3"])
     assert three["gflop_per_image"] > two["gflop_per_image"]
+
+
+def test_auto_cpu_preset_times_the_auto_recipes_resnet_in_either_memory_format():
+    config = bench_train_step.auto_recipe_config(64, 1024)
+    assert config.backbone == "resnet" and config.resnet_hidden_sizes == [32, 64, 128, 256] and config.use_bn_in_head
+    base = ["--preset", "auto-cpu", "--cpu", "--batch_size", "4", "--steps", "1", "--warmup", "0"]
+    for memory_format in ("default", "contiguous"):
+        result = bench_train_step.main([*base, "--memory_format", memory_format])
+        assert result["config"]["memory_format"] == memory_format and result["images_per_s"] > 0

@@ -283,3 +283,47 @@ def test_cls_features_equal_the_pooled_output_with_their_gradients():
         (full, full_grads), (cls, cls_grads) = results
         torch.testing.assert_close(cls, full, rtol=1e-5, atol=1e-6)
         assert relative_difference(cls_grads, full_grads) < 1e-5
+
+
+def test_a_resnet_trains_in_channels_last_with_the_same_numbers_and_saves_contiguous(tmp_path):
+    from safetensors.torch import load_file
+
+    from dino_hf.training.checkpointing import load_optimizer_state, save_model_and_optimizer
+
+    resnet = dict(backbone="resnet", resnet_embedding_size=8, resnet_hidden_sizes=[8, 16], resnet_depths=[1, 1])
+    # No BatchNorm in the head: a bias before BatchNorm has a zero gradient in exact arithmetic, that AdamW turns
+    # into an update of rounding noise's size (the ResNet's convolutions have no bias).
+    config = tiny_config(out_dim=32, **resnet)
+    torch.manual_seed(0)
+    reference = DinoForSelfDistillation(config)
+    model = DinoForSelfDistillation(config)
+    model.load_state_dict(reference.state_dict())
+    setup = build_training_step(fresh_accelerator("no", cpu=True), model, lr=0.01, weight_decay=0.0)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)  # 1 x 1 kernels are both; the 3 x 3 ones are NHWC only
+    expected = build_training_step(fresh_accelerator("no", cpu=True), reference, lr=0.01, weight_decay=0.0)
+    for p in reference.parameters():  # the same model kept in the default layout
+        p.data = p.data.contiguous()
+    for index in range(2):
+        global_crops, local_crops = synthetic_crops(4, *CROPS, "cpu", seed=index)
+        out = setup.step(global_crops, local_crops, warmup_values(index))
+        ref = expected.step(global_crops, local_crops, warmup_values(index))
+        torch.testing.assert_close(out.output.loss, ref.output.loss, rtol=1e-5, atol=1e-5)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # A checkpoint round trip restores the same numbers into the channels-last model; the export is contiguous.
+    save_model_and_optimizer(tmp_path, model.state_dict(), setup.optimizer.state_dict())
+    saved_model, saved_optimizer = load_file(str(tmp_path / "model.safetensors")), load_optimizer_state(tmp_path)
+    resumed = DinoForSelfDistillation(config)
+    resumed_setup = build_training_step(fresh_accelerator("no", cpu=True), resumed, lr=0.01, weight_decay=0.0)
+    resumed.load_state_dict(saved_model)
+    resumed_setup.optimizer.load_state_dict(saved_optimizer)
+    global_crops, local_crops = synthetic_crops(4, *CROPS, "cpu", seed=2)
+    torch.testing.assert_close(
+        resumed_setup.step(global_crops, local_crops, warmup_values(2)).output.loss,
+        setup.step(global_crops, local_crops, warmup_values(2)).output.loss,
+        rtol=0,
+        atol=0,
+    )
+    assert all(p.is_contiguous() for p in model.export_teacher_backbone().parameters())
