@@ -57,8 +57,8 @@ from dino_hf.testing_utils import forbid_host_sync, fresh_accelerator, synthetic
 from dino_hf.training.arguments import DinoDataArguments, DinoModelArguments  # noqa: E402
 from dino_hf.training.auto_recipe import DataProfile, MachineProfile, auto_recipe  # noqa: E402
 from dino_hf.training.schedules import DinoSchedules  # noqa: E402
-from dino_hf.training.trainer import build_model_config  # noqa: E402
 from dino_hf.training.step import DinoTrainingStep, build_training_step  # noqa: E402
+from dino_hf.training.trainer import build_model_config  # noqa: E402
 
 
 PRESETS: dict[str, dict[str, Any]] = {
