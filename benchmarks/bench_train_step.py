@@ -234,7 +234,10 @@ def auto_recipe_config(global_size: int, out_dim: int) -> DinoConfig:
     data = DataProfile(num_images=3000, image_side=28, color=False, labelled=True)
     flags = {c.flag: c.value for c in auto_recipe(data, MachineProfile("cpu", 1, 2), time_budget_minutes=8)}
     model_args = DinoModelArguments(
-        arch=flags["arch"], config_overrides=flags["config_overrides"], out_dim=out_dim, use_bn_in_head=True
+        arch=flags["arch"],
+        config_overrides=flags["config_overrides"],
+        out_dim=out_dim,
+        use_bn_in_head=flags["use_bn_in_head"],
     )
     return build_model_config(model_args, DinoDataArguments(global_crops_size=global_size))
 
