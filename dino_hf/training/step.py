@@ -239,8 +239,8 @@ def build_training_step(
     torch_compile: bool = False,
 ) -> TrainingStepSetup:
     """A model ready to train, exactly as a pretraining run prepares it: gradient checkpointing, the device (a ResNet in
-    channels-last memory format), synchronised BatchNorm across GPUs, the optimizer over the student (`create_optimizer`), `accelerator.prepare`, regional
-    compilation of the blocks, and the [`DinoTrainingStep`].
+    channels-last memory format), synchronised BatchNorm across GPUs, the optimizer over the student
+    (`create_optimizer`), `accelerator.prepare`, regional compilation of the blocks, and the [`DinoTrainingStep`].
 
     Args:
         accelerator: the run's `Accelerator`.
@@ -253,11 +253,11 @@ def build_training_step(
     """
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.to(accelerator.device)
-    if model.config.backbone == "resnet":
-        # Convolutions run faster on NHWC (oneDNN on CPUs, tensor cores on GPUs: docs/own_images.md measures the CPU);
-        # the crops follow the weights' layout, and checkpoints and exports are written contiguous.
-        model.to(memory_format=torch.channels_last)
+    # A ResNet's convolutions run faster on NHWC weights (oneDNN on CPUs, tensor cores on GPUs; docs/own_images.md
+    # measures the CPU): the crops follow the weights' layout, and checkpoints and exports are written contiguous. One
+    # pass moves and converts.
+    resnet = model.config.backbone == "resnet"
+    model.to(accelerator.device, memory_format=torch.channels_last if resnet else torch.preserve_format)
     if model.config.has_batch_norm and accelerator.num_processes > 1:
         if accelerator.device.type in ("cuda", "xpu"):
             # As the reference: BatchNorm statistics (ResNet, head) over the global batch, not each process's.
