@@ -172,7 +172,11 @@ def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: floa
         ),
         Choice("per_device_train_batch_size", batch, f"{machine.device}: {batch} images per step"),
         Choice("optimizer", "adamw", "AdamW, as the paper's ViTs: SGD needs longer schedules"),
-        Choice("lr", 0.004, f"peak lr 0.004 x {batch}/256, measured on the small sets"),
+        Choice(
+            "lr",
+            0.004,
+            f"peak lr 0.004 x {batch}/256: 2x and 4x lost 2-8 points on three of six small sets (docs/own_images.md)",
+        ),
         Choice("weight_decay_end", 0.04, "a constant weight decay: a short run has no late phase to regularise"),
         Choice("momentum_teacher", 0.99, "teacher momentum 0.99: the teacher must follow within a thousand steps"),
         Choice("warmup_teacher_temp_epochs", 0, "no temperature warm-up in a short run"),
