@@ -175,7 +175,7 @@ def _small_data_recipe(data: DataProfile, machine: MachineProfile, minutes: floa
         Choice(
             "lr",
             0.004,
-            f"peak lr 0.004 x {batch}/256: 2x and 4x lost 2-8 points on three of six small sets (docs/own_images.md)",
+            f"peak lr 0.004 x {batch}/256: 2x (two seeds) and 4x lost points on three of six small sets (docs/own_images.md)",
         ),
         Choice("weight_decay_end", 0.04, "a constant weight decay: a short run has no late phase to regularise"),
         Choice("momentum_teacher", 0.99, "teacher momentum 0.99: the teacher must follow within a thousand steps"),
